@@ -1,0 +1,1 @@
+"""The ``nas-zoo`` command line (typer)."""

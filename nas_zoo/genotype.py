@@ -1,0 +1,300 @@
+"""Genotypes: immutable, validated cell descriptions with their provenance and the paper's figures.
+
+A genotype file is JSON. A *paper file* (``genotypes/*.json``) holds several genotypes::
+
+    {"paper": {...}, "network_options": {...}, "evaluation_defaults": {"cifar10": {...}, ...},
+     "genotypes": {"DARTS_V2": {"normal": [["sep_conv_3x3", 0], ...], "normal_concat": [2, 3, 4, 5],
+                                "reduce": [...], "reduce_concat": [2, 3, 4, 5],
+                                "provenance": {...}, "evaluations": [{"dataset": "cifar10", ...}]}}}
+
+A *genotype file* (what users write and ``nas-zoo search`` emits) is one genotype record with a ``name``.
+Edges are ``[operation, input]`` pairs, two per intermediate node: input 0 and 1 are the cell's inputs
+(cells k-2 and k-1), input j >= 2 is node j-2. ``"reduce": null`` selects GDAS's fixed reduction cell.
+"""
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+from .ops import OPS
+
+Edge = Tuple[str, int]
+
+DATASETS = ("cifar10", "cifar100", "imagenet")
+NETWORKS = ("cifar", "imagenet", "bcnn", "bcnn_imagenet")
+NETWORK_OPTIONS = {"pool_bn": bool, "auxiliary_last_bn": bool}
+# What an evaluation setting may hold, with the check each value must pass.
+SETTING_FIELDS = {
+    "model": (str, "a model name"),
+    "dataset": (str, f"one of {', '.join(DATASETS)}"),
+    "network": (str, f"one of {', '.join(NETWORKS)}"),
+    "C": (int, "a positive even integer"),
+    "layers": (int, "a positive integer"),
+    "auxiliary_weight": (float, "a number >= 0"),
+    "drop_path": (float, "a probability in [0, 1)"),
+    "reported": (dict, "an object of figures"),
+}
+RECORD_FIELDS = {"name", "normal", "normal_concat", "reduce", "reduce_concat", "provenance", "evaluations",
+                 "note", "paper", "network_options", "search"}
+
+
+class GenotypeError(ValueError):
+    """A malformed genotype: the message names the file, the entry, the field and the reason."""
+
+
+class UnknownNameError(KeyError):
+    """An unknown genotype or model name; the message lists the closest known names."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def unknown_name(kind: str, name: str, known: List[str]) -> UnknownNameError:
+    close = difflib.get_close_matches(name.lower(), [k.lower() for k in known], n=5, cutoff=0.4)
+    by_lower = {k.lower(): k for k in known}
+    hint = f"closest: {', '.join(by_lower[c] for c in close)}" if close else f"known: {', '.join(sorted(known))}"
+    return UnknownNameError(f"unknown {kind} {name!r}; {hint}")
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """A CNN cell pair. Equality and hashing look at the architecture alone, not at the metadata."""
+
+    name: str
+    normal: Tuple[Edge, ...]
+    normal_concat: Tuple[int, ...]
+    reduce: Optional[Tuple[Edge, ...]]  # None: GDAS's fixed reduction cell
+    reduce_concat: Tuple[int, ...]
+    paper: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    provenance: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    evaluations: Tuple[Mapping[str, Any], ...] = field(default=(), compare=False, repr=False)
+    network_options: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    note: str = field(default="", compare=False, repr=False)
+    source: str = field(default="", compare=False, repr=False)
+
+    @property
+    def fixed_reduction(self) -> bool:
+        return self.reduce is None
+
+    def evaluation(self, dataset: str, network: Optional[str] = None) -> Optional[Mapping[str, Any]]:
+        """The paper's first evaluation setting on ``dataset`` (and ``network``), if any."""
+        for setting in self.evaluations:
+            if setting["dataset"] == dataset and network in (None, setting["network"]):
+                return setting
+        return None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A genotype-file record (JSON-ready); ``load_genotype`` reads it back to an equal genotype."""
+        record = {"name": self.name, "normal": [list(e) for e in self.normal],
+                  "normal_concat": list(self.normal_concat),
+                  "reduce": None if self.reduce is None else [list(e) for e in self.reduce],
+                  "reduce_concat": list(self.reduce_concat)}
+        for key in ("paper", "provenance", "network_options"):
+            if getattr(self, key):
+                record[key] = _thaw(getattr(self, key))
+        if self.evaluations:
+            record["evaluations"] = _thaw(self.evaluations)
+        if self.note:
+            record["note"] = self.note
+        return record
+
+
+class _Checker:
+    """Raises GenotypeError with the file, the entry and the field in front of the reason."""
+
+    def __init__(self, source: str, entry: str):
+        self.source, self.entry = source, entry
+
+    def fail(self, where: str, reason: str) -> GenotypeError:
+        return GenotypeError(f"{self.source}: genotype {self.entry!r}, field {where!r}: {reason}")
+
+    def edges(self, record: Mapping, key: str) -> Tuple[Edge, ...]:
+        edges = record.get(key)
+        if not isinstance(edges, list) or not edges or len(edges) % 2:
+            raise self.fail(key, "expected a non-empty list with two [operation, input] pairs per node")
+        checked = []
+        for k, edge in enumerate(edges):
+            where = f"{key}[{k}]"
+            if not (isinstance(edge, list) and len(edge) == 2 and isinstance(edge[0], str)
+                    and isinstance(edge[1], int) and not isinstance(edge[1], bool)):
+                raise self.fail(where, f"expected [operation, input], got {json.dumps(edge)}")
+            op, index = edge
+            if op not in OPS or op == "none":
+                close = difflib.get_close_matches(op, OPS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise self.fail(where, f"unknown operation {op!r}{hint}; known: {', '.join(o for o in OPS if o != 'none')}")
+            node = k // 2
+            if not 0 <= index < node + 2:
+                raise self.fail(where, f"input {index} does not exist yet for node {node} (allowed 0..{node + 1})")
+            checked.append((op, index))
+        return tuple(checked)
+
+    def concat(self, record: Mapping, key: str, num_nodes: int) -> Tuple[int, ...]:
+        concat = record.get(key, list(range(2, num_nodes + 2)))
+        if not (isinstance(concat, list) and concat and all(isinstance(i, int) and not isinstance(i, bool)
+                                                            for i in concat)):
+            raise self.fail(key, "expected a non-empty list of state indices")
+        bad = [i for i in concat if not 0 <= i < num_nodes + 2]
+        if bad:
+            raise self.fail(key, f"state {bad[0]} does not exist (a cell with {num_nodes} nodes has states 0..{num_nodes + 1})")
+        return tuple(concat)
+
+    def setting(self, setting: Any, where: str) -> Dict[str, Any]:
+        if not isinstance(setting, Mapping):
+            raise self.fail(where, "expected an object")
+        for key, value in setting.items():
+            if key not in SETTING_FIELDS:
+                raise self.fail(f"{where}.{key}", f"unknown field; expected one of {', '.join(SETTING_FIELDS)}")
+            kind, expected = SETTING_FIELDS[key]
+            ok = isinstance(value, kind) and not isinstance(value, bool)
+            if kind is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = ok and {
+                "dataset": lambda v: v in DATASETS, "network": lambda v: v in NETWORKS,
+                "C": lambda v: v > 0 and v % 2 == 0, "layers": lambda v: v > 0,
+                "auxiliary_weight": lambda v: v >= 0, "drop_path": lambda v: 0 <= v < 1,
+            }.get(key, lambda v: True)(value)
+            if not ok:
+                raise self.fail(f"{where}.{key}", f"expected {expected}, got {json.dumps(value)}")
+        return dict(setting)
+
+
+def _parse_record(name: str, record: Any, source: str, paper: Mapping, network_options: Mapping,
+                  defaults: Mapping[str, Mapping]) -> Genotype:
+    check = _Checker(source, name)
+    if not isinstance(record, Mapping):
+        raise check.fail("", "expected an object")
+    unknown = set(record) - RECORD_FIELDS
+    if unknown:
+        raise check.fail(sorted(unknown)[0], f"unknown field; expected some of {', '.join(sorted(RECORD_FIELDS))}")
+    normal = check.edges(record, "normal")
+    reduce = None if record.get("reduce", "missing") is None else check.edges(record, "reduce")
+    options = {**network_options, **record.get("network_options", {})}
+    for key, value in options.items():
+        if key not in NETWORK_OPTIONS or not isinstance(value, NETWORK_OPTIONS[key]):
+            raise check.fail(f"network_options.{key}", f"expected one of {', '.join(NETWORK_OPTIONS)} (booleans)")
+    evaluations = []
+    for k, setting in enumerate(record.get("evaluations", [])):
+        where = f"evaluations[{k}]"
+        setting = check.setting(setting, where)
+        if "dataset" not in setting:
+            raise check.fail(f"{where}.dataset", f"missing; expected one of {', '.join(DATASETS)}")
+        merged = {**defaults.get(setting["dataset"], {}), **setting}
+        missing = [key for key in ("network", "C", "layers") if key not in merged]
+        if missing:
+            raise check.fail(f"{where}.{missing[0]}", "missing, and no evaluation default gives it")
+        evaluations.append(merged)
+    return Genotype(
+        name=name, normal=normal, normal_concat=check.concat(record, "normal_concat", len(normal) // 2),
+        reduce=reduce,
+        reduce_concat=check.concat(record, "reduce_concat", len(reduce or normal) // 2),
+        paper=_freeze(record.get("paper", paper)), provenance=_freeze(record.get("provenance", {})),
+        evaluations=_freeze(evaluations), network_options=_freeze(options), note=record.get("note", ""),
+        source=source)
+
+
+def parse_genotypes(data: Any, source: str) -> Dict[str, Genotype]:
+    """Every genotype in a decoded genotype file (a paper file or a single record)."""
+    if not isinstance(data, Mapping):
+        raise GenotypeError(f"{source}: expected a JSON object at the top level")
+    if "genotypes" not in data:
+        name = data.get("name")
+        if not isinstance(name, str) or not name:
+            raise GenotypeError(f"{source}: field 'name': a genotype file needs a non-empty \"name\" "
+                                "(or a \"genotypes\" object of named records)")
+        return {name: _parse_record(name, data, source, {}, {}, {})}
+    defaults = {}
+    for dataset, setting in data.get("evaluation_defaults", {}).items():
+        defaults[dataset] = _Checker(source, "*").setting(setting, f"evaluation_defaults.{dataset}")
+    genotypes = data["genotypes"]
+    if not isinstance(genotypes, Mapping) or not genotypes:
+        raise GenotypeError(f"{source}: field 'genotypes': expected a non-empty object of named records")
+    return {name: _parse_record(name, record, source, data.get("paper", {}), data.get("network_options", {}),
+                                defaults)
+            for name, record in genotypes.items()}
+
+
+def _read_json(path: Union[str, os.PathLike], text: Optional[str] = None) -> Any:
+    try:
+        return json.loads(Path(path).read_text() if text is None else text)
+    except FileNotFoundError:
+        raise GenotypeError(f"{path}: no such genotype file") from None
+    except json.JSONDecodeError as e:
+        raise GenotypeError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+
+
+def load_genotypes(path: Union[str, os.PathLike]) -> Dict[str, Genotype]:
+    """Every genotype in the file at ``path``, validated."""
+    return parse_genotypes(_read_json(path), str(path))
+
+
+def load_genotype(path: Union[str, os.PathLike], name: Optional[str] = None) -> Genotype:
+    """The genotype in the file at ``path`` (``name`` picks one when the file holds several)."""
+    genotypes = load_genotypes(path)
+    if name is None:
+        if len(genotypes) > 1:
+            raise GenotypeError(f"{path}: holds {len(genotypes)} genotypes ({', '.join(genotypes)}); pick one by name")
+        return next(iter(genotypes.values()))
+    if name not in genotypes:
+        raise unknown_name(f"genotype in {path}", name, list(genotypes))
+    return genotypes[name]
+
+
+def save_genotype(genotype: Genotype, path: Union[str, os.PathLike]) -> None:
+    """Write ``genotype`` as a genotype file, atomically (a temp file renamed over the target)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(genotype.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_REGISTRY: Dict[str, Genotype] = {}
+
+
+def _registry() -> Dict[str, Genotype]:
+    if not _REGISTRY:
+        for entry in sorted(resources.files("nas_zoo.genotypes").iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".json"):
+                source = f"genotypes/{entry.name}"
+                for name, genotype in parse_genotypes(_read_json(source, entry.read_text()), source).items():
+                    if name in _REGISTRY:
+                        raise GenotypeError(f"{source}: genotype {name!r} is also defined in {_REGISTRY[name].source}")
+                    _REGISTRY[name] = genotype
+    return _REGISTRY
+
+
+def list_genotypes() -> List[str]:
+    """Names of the published genotypes in the zoo."""
+    return list(_registry())
+
+
+def get_genotype(name: str) -> Genotype:
+    """A published genotype by name (case-insensitive), e.g. ``"GDAS_V1"``."""
+    registry = _registry()
+    by_lower = {k.lower(): k for k in registry}
+    if name.lower() not in by_lower:
+        raise unknown_name("genotype", name, list(registry))
+    return registry[by_lower[name.lower()]]

@@ -1,0 +1,179 @@
+"""The zoo's models: one timm entry point per published (genotype, evaluation network) pair.
+
+Every genotype file lists the paper's evaluations; each names the model it runs (``"model": "gdas_v1"``).
+Evaluations of one model on several datasets become its pretrained tags, as in timm
+(``gdas_v1.cifar10``, ``gdas_v1.cifar100``, ``gdas_v1_imagenet.in1k``). ``import nas_zoo`` registers them
+all, so ``timm.create_model("gdas_v1")`` and ``timm.list_models("*gdas*")`` work.
+"""
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from .genotype import Genotype, GenotypeError, get_genotype, list_genotypes, unknown_name
+from .networks import build_network
+
+HUB_ORG = "nas-zoo"
+DATASET_TAGS = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "in1k"}
+# Normalisation used by the authors' training scripts.
+DATASET_STATS = {
+    "cifar10": ((0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: a genotype built as one evaluation network, with the paper settings it was run in."""
+
+    name: str
+    genotype: Genotype
+    network: str
+    C: int
+    layers: int
+    evaluations: Tuple[Mapping[str, Any], ...]
+
+    @property
+    def tags(self) -> List[str]:
+        return [DATASET_TAGS[e["dataset"]] for e in self.evaluations]
+
+    @property
+    def datasets(self) -> List[str]:
+        return [e["dataset"] for e in self.evaluations]
+
+    @property
+    def imagenet(self) -> bool:
+        return self.network.endswith("imagenet")
+
+    def evaluation(self, dataset: str) -> Mapping[str, Any]:
+        for e in self.evaluations:
+            if e["dataset"] == dataset:
+                return e
+        raise KeyError(f"{self.name} was not evaluated on {dataset} in its paper; it was on {', '.join(self.datasets)}")
+
+    def build(self, **kwargs) -> nn.Module:
+        """The network with the paper's width and depth (``kwargs`` go to ``build_network``)."""
+        return build_network(self.genotype, self.network, self.C, self.layers, **kwargs)
+
+
+def _collect_specs() -> Dict[str, ModelSpec]:
+    grouped: Dict[str, List[Mapping[str, Any]]] = {}
+    owner: Dict[str, Genotype] = {}
+    for genotype_name in list_genotypes():
+        genotype = get_genotype(genotype_name)
+        for evaluation in genotype.evaluations:
+            if "model" not in evaluation:
+                continue
+            name = evaluation["model"]
+            if owner.setdefault(name, genotype) is not genotype:
+                raise GenotypeError(f"{genotype.source}: model {name!r} is also named by genotype {owner[name].name}")
+            grouped.setdefault(name, []).append(evaluation)
+    specs = {}
+    for name, evaluations in grouped.items():
+        first = evaluations[0]
+        for e in evaluations[1:]:
+            if any(e[k] != first[k] for k in ("network", "C", "layers")):
+                raise GenotypeError(f"{owner[name].source}: model {name!r} is given two different networks")
+        specs[name] = ModelSpec(name, owner[name], first["network"], first["C"], first["layers"], tuple(evaluations))
+    return specs
+
+
+MODELS: Dict[str, ModelSpec] = _collect_specs()
+
+
+def _pretrained_cfg(spec: ModelSpec, evaluation: Mapping[str, Any]) -> Dict[str, Any]:
+    dataset = evaluation["dataset"]
+    mean, std = DATASET_STATS[dataset]
+    paper = spec.genotype.paper
+    size = 224 if spec.imagenet else 32
+    return dict(
+        hf_hub_id=f"{HUB_ORG}/{spec.name}.{DATASET_TAGS[dataset]}",
+        num_classes=NUM_CLASSES[dataset], input_size=(3, size, size), pool_size=(size // 32, size // 32) if
+        spec.imagenet else (size // 4, size // 4), crop_pct=0.875 if spec.imagenet else 1.0,
+        interpolation="bilinear", mean=mean, std=std,
+        first_conv="stem.stem0.0" if spec.imagenet else "stem.0", classifier="classifier",
+        paper_ids=f"arXiv:{paper['arxiv']}" if "arxiv" in paper else None, paper_name=paper.get("title"),
+        origin_url=paper.get("code"), notes=(f"genotype {spec.genotype.name}",),
+    )
+
+
+default_cfgs = generate_default_cfgs({
+    f"{spec.name}.{DATASET_TAGS[e['dataset']]}": _pretrained_cfg(spec, e)
+    for spec in MODELS.values() for e in spec.evaluations if DATASET_TAGS[e["dataset"]]
+})
+
+
+def _create(spec: ModelSpec, pretrained: bool = False, **kwargs) -> nn.Module:
+    def build(**model_kwargs) -> nn.Module:
+        return spec.build(**model_kwargs)
+
+    with torch.device("meta"):
+        num_features = len(spec.build(num_classes=0).feature_info)
+    return build_model_with_cfg(build, spec.name, pretrained,
+                                feature_cfg=dict(feature_cls="getter", out_indices=tuple(range(num_features))),
+                                **kwargs)
+
+
+def _register(spec: ModelSpec) -> None:
+    def entry_point(pretrained: bool = False, **kwargs) -> nn.Module:
+        return _create(spec, pretrained, **kwargs)
+
+    entry_point.__name__ = entry_point.__qualname__ = spec.name
+    entry_point.__module__ = __name__
+    entry_point.__doc__ = (f"{spec.genotype.name} ({spec.genotype.paper.get('title', 'user genotype')}) as the "
+                           f"{spec.network} network, C={spec.C}, {spec.layers} cells.")
+    register_model(entry_point)
+
+
+for _spec in MODELS.values():
+    _register(_spec)
+
+
+def list_models(pattern: str = "*") -> List[str]:
+    """Zoo model names matching a shell-style ``pattern``."""
+    return [name for name in MODELS if fnmatch.fnmatch(name, pattern)]
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The spec of a zoo model (``"gdas_v1"``; a ``.tag`` suffix is ignored)."""
+    base = name.split(".", 1)[0]
+    if base not in MODELS:
+        raise unknown_name("model", name, list(MODELS))
+    return MODELS[base]
+
+
+def find_model(name: str, dataset: Optional[str] = None) -> ModelSpec:
+    """The zoo model for ``name`` (a model or a genotype) evaluated on ``dataset`` in its paper.
+
+    ``find_model("gdas_v1", "imagenet")`` is ``gdas_v1_imagenet``: the paper's ImageNet network for GDAS_V1.
+    """
+    if name.split(".", 1)[0] in MODELS:
+        spec = get_model_spec(name)
+        genotype = spec.genotype
+        if dataset is None or dataset in spec.datasets:
+            return spec
+    else:
+        try:
+            genotype = get_genotype(name)
+        except KeyError:
+            raise unknown_name("model or genotype", name, list(MODELS) + list_genotypes()) from None
+    candidates = [s for s in MODELS.values() if s.genotype is genotype and (dataset is None or dataset in s.datasets)]
+    if not candidates:
+        evaluated = sorted({d for s in MODELS.values() if s.genotype is genotype for d in s.datasets})
+        raise KeyError(f"{genotype.name} has no {dataset} network in its paper (evaluated on: "
+                       f"{', '.join(evaluated) or 'nothing'}); build one with nas_zoo.build_network")
+    return candidates[0]
+
+
+def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """timm.create_model for zoo names, with nearest-name suggestions for unknown ones."""
+    import timm
+
+    get_model_spec(name)
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
