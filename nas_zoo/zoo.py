@@ -57,9 +57,12 @@ class ModelSpec:
                 return e
         raise KeyError(f"{self.name} was not evaluated on {dataset} in its paper; it was on {', '.join(self.datasets)}")
 
-    def build(self, **kwargs) -> nn.Module:
-        """The network with the paper's width and depth (``kwargs`` go to ``build_network``)."""
-        return build_network(self.genotype, self.network, self.C, self.layers, **kwargs)
+    def build(self, C: Optional[int] = None, layers: Optional[int] = None, **kwargs) -> nn.Module:
+        """The network at the paper's width and depth unless ``C``/``layers`` say otherwise.
+
+        Other ``kwargs`` go to ``build_network`` (``num_classes``, ``auxiliary``, ``drop_path_rate``...).
+        """
+        return build_network(self.genotype, self.network, C or self.C, layers or self.layers, **kwargs)
 
 
 def _collect_specs() -> Dict[str, ModelSpec]:
@@ -114,7 +117,7 @@ def _create(spec: ModelSpec, pretrained: bool = False, **kwargs) -> nn.Module:
         return spec.build(**model_kwargs)
 
     with torch.device("meta"):
-        num_features = len(spec.build(num_classes=0).feature_info)
+        num_features = len(spec.build(num_classes=0, layers=kwargs.get("layers")).feature_info)
     return build_model_with_cfg(build, spec.name, pretrained,
                                 feature_cfg=dict(feature_cls="getter", out_indices=tuple(range(num_features))),
                                 **kwargs)
