@@ -31,7 +31,8 @@ class CifarStem(nn.Sequential):
         super().__init__(nn.Conv2d(in_chans, STEM_MULTIPLIER * C, 3, padding=1, bias=False),
                          nn.BatchNorm2d(STEM_MULTIPLIER * C))
         self.out_chs = STEM_MULTIPLIER * C
-        self.reduction = 1  # of s0, the k-2 input of the first cell
+        self.reduction = 1  # of s1, where the cells start
+        self.feature_info: List[dict] = []  # s0 == s1: no map of its own
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         s = super().forward(x)
@@ -56,7 +57,8 @@ class ImageNetStem(nn.Module):
             nn.BatchNorm2d(C),
         )
         self.out_chs = C
-        self.reduction = 4
+        self.reduction = 8
+        self.feature_info = [dict(num_chs=C, reduction=4, module="stem")]  # s0, 56x56 at 224
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         s0 = self.stem0(x)
@@ -141,8 +143,8 @@ class CellNetwork(NetworkBase):
 
         C_prev_prev = C_prev = self.stem.out_chs
         C_curr, reduction_prev, stride = C, stem == "imagenet", self.stem.reduction
-        self.feature_info = [dict(num_chs=C_prev, reduction=stride, module="stem")] if stem == "imagenet" else []
-        self.feature_states: List[int] = [0] if stem == "imagenet" else []  # state 0 = the stem's s0
+        self.feature_info = list(self.stem.feature_info)
+        self.feature_states: List[int] = [0] * len(self.feature_info)  # state 0 = the stem's s0
         self.cells = nn.ModuleList()
         for i in range(layers):
             reduction = i in reductions
@@ -235,8 +237,8 @@ class BroadNetwork(NetworkBase):
 
         C_prev_prev = C_prev = self.stem.out_chs
         C_curr, reduction_prev, stride = C, stem == "imagenet", self.stem.reduction
-        self.stem_is_feature = stem == "imagenet"
-        self.feature_info = [dict(num_chs=C_prev, reduction=stride, module="stem")] if self.stem_is_feature else []
+        self.stem_is_feature = bool(self.stem.feature_info)
+        self.feature_info = list(self.stem.feature_info)
         self.cells, self.taps, self.enhancement_inputs = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         tap_widths, enhancement_input_widths = [], []
         for i in range(layers):
