@@ -1,6 +1,131 @@
-import typer
+"""The ``nas-zoo`` command: list the zoo and inspect genotypes (typer)."""
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
 
-app = typer.Typer()
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nas_zoo.genotype import DATASETS, Genotype, GenotypeError, get_genotype, load_genotype
+from nas_zoo.summary import genotype_info, zoo_rows
+from nas_zoo.zoo import find_model
+
+app = typer.Typer(help="DARTS-family searched architectures: list, inspect, build.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+console = Console(width=None if sys.stdout.isatty() else 160)
+FAMILIES = ["darts", "gdas", "pdarts", "pc_darts", "ednas", "bnasv2"]
+
+
+def fail(message: str) -> "typer.Exit":
+    """Print a one-line error to stderr; the caller raises the returned Exit (status 2)."""
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def resolve_genotype(name_or_file: str) -> tuple[Genotype, Optional[str]]:
+    """A zoo model / genotype name, a genotype file, or ``FILE:NAME`` -> (genotype, zoo model or None)."""
+    path, _, entry = name_or_file.partition(":") if not Path(name_or_file).exists() else (name_or_file, "", "")
+    try:
+        if path.endswith(".json") or Path(path).exists():
+            return load_genotype(path, entry or None), None
+        spec = find_model(name_or_file)
+        model = spec.name if name_or_file.split(".")[0] == spec.name else None
+        return spec.genotype, model
+    except (GenotypeError, KeyError) as e:
+        raise fail(str(e).strip('"')) from None
+
+
+def _choice(value: Optional[str], allowed: List[str], option: str) -> None:
+    if value is not None and value not in allowed:
+        raise fail(f"{option} {value!r} is not one of: {', '.join(allowed)}")
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+@app.command("list")
+def list_command(
+    family: Optional[str] = typer.Option(None, help=f"paper family: {', '.join(FAMILIES)}"),
+    dataset: Optional[str] = typer.Option(None, help=f"evaluation dataset: {', '.join(DATASETS)}"),
+    task: Optional[str] = typer.Option(None, help="cnn or rnn"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON rows instead of a table"),
+) -> None:
+    """The zoo: one row per model and paper evaluation, measured params beside the reported figures."""
+    _choice(family, FAMILIES, "--family")
+    _choice(dataset, list(DATASETS), "--dataset")
+    _choice(task, ["cnn", "rnn"], "--task")
+    rows = [] if task == "rnn" else zoo_rows(family, dataset)
+    if as_json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    table = Table(title=f"nas-zoo: {len(rows)} model evaluations")
+    for column in ("model", "genotype", "family", "task", "network (C/cells)", "params M", "reported M",
+                   "reported error %", "search GPU-days"):
+        table.add_column(column, justify="right" if "M" in column or "%" in column or "days" in column else "left")
+    for row in rows:
+        cost = row["search_cost_gpu_days"]
+        table.add_row(row["model"], row["genotype"], row["family"], row["task"],
+                      f"{row['network']} ({row['C']}/{row['layers']})", f"{row['params'] / 1e6:.2f}",
+                      _fmt(row["reported_params_M"], 1), _fmt(row["reported_error"]), _fmt(cost))
+    console.print(table)
+    if task == "rnn":
+        console.print("No recurrent cells are in the zoo yet.")
+
+
+def _cell_text(edges, concat) -> str:
+    if edges is None:
+        return "GDAS's fixed reduction cell (FIX-R)"
+    nodes = [f"n{i // 2}={edges[i][0]}({edges[i][1]})+{edges[i + 1][0]}({edges[i + 1][1]})"
+             for i in range(0, len(edges), 2)]
+    return "  ".join(nodes) + f"  concat {list(concat)}"
+
+
+@app.command("info")
+def info_command(
+    name: str = typer.Argument(..., help="zoo model or genotype name, genotype file, or FILE:NAME"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of text"),
+) -> None:
+    """A genotype: its cells, provenance, paper settings, measured params and FLOPs, reported figures."""
+    genotype, model = resolve_genotype(name)
+    info = genotype_info(genotype)
+    if model is not None:
+        info["networks"] = [n for n in info["networks"] if n["model"] == model]
+    if as_json:
+        json.dump(info, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    record = info["genotype"]
+    paper = record.get("paper", {})
+    console.print(f"[bold]{genotype.name}[/]  family {info['family']}  ({genotype.source})", highlight=False)
+    if paper:
+        console.print(f"paper: {paper.get('title')} ({paper.get('venue')}, arXiv:{paper.get('arxiv')})  "
+                      f"code: {paper.get('code')}", highlight=False)
+    provenance = record.get("provenance")
+    if provenance:
+        console.print("provenance: " + ", ".join(f"{k} {v}" for k, v in provenance.items()), highlight=False)
+    if genotype.note:
+        console.print(f"note: {genotype.note}", highlight=False)
+    console.print(f"normal: {_cell_text(genotype.normal, genotype.normal_concat)}", highlight=False)
+    console.print(f"reduce: {_cell_text(genotype.reduce, genotype.reduce_concat)}", highlight=False)
+    table = Table()
+    for column in ("model", "dataset", "network (C/cells)", "params M", "reported M", "MACs M (conv+linear)",
+                   "M (+BN,ReLU,pool)", "reported M", "reported error %", "search GPU-days"):
+        table.add_column(column)
+    for network in info["networks"]:
+        for d in network["datasets"]:
+            reported = d["reported"] or {}
+            macs, extended = d["flops"].values()
+            table.add_row(network["model"] or "-", d["dataset"] or f"({d['num_classes']} classes)",
+                          f"{network['network']} ({network['C']}/{network['layers']})", f"{d['params'] / 1e6:.3f}",
+                          _fmt(reported.get("params_M"), 1), f"{macs / 1e6:.1f}", f"{extended / 1e6:.1f}",
+                          _fmt(reported.get("mult_adds_M")),
+                          _fmt(reported.get("test_error", reported.get("top1_error"))),
+                          _fmt(reported.get("search_cost_gpu_days")))
+    console.print(table)
 
 
 def main() -> None:

@@ -54,9 +54,12 @@ class UnknownNameError(KeyError):
 
 
 def unknown_name(kind: str, name: str, known: List[str]) -> UnknownNameError:
-    close = difflib.get_close_matches(name.lower(), [k.lower() for k in known], n=5, cutoff=0.4)
-    by_lower = {k.lower(): k for k in known}
-    hint = f"closest: {', '.join(by_lower[c] for c in close)}" if close else f"known: {', '.join(sorted(known))}"
+    by_lower: Dict[str, List[str]] = {}
+    for k in known:
+        by_lower.setdefault(k.lower(), []).append(k)
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=5, cutoff=0.4)
+    names = [k for c in close for k in by_lower[c]][:5]
+    hint = f"closest: {', '.join(names)}" if names else f"known: {', '.join(sorted(known))}"
     return UnknownNameError(f"unknown {kind} {name!r}; {hint}")
 
 
@@ -68,11 +71,12 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _thaw(value: Any) -> Any:
+def thaw(value: Any) -> Any:
+    """Plain dicts and lists again (JSON-ready)."""
     if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [thaw(v) for v in value]
     return value
 
 
@@ -111,9 +115,9 @@ class Genotype:
                   "reduce_concat": list(self.reduce_concat)}
         for key in ("paper", "provenance", "network_options"):
             if getattr(self, key):
-                record[key] = _thaw(getattr(self, key))
+                record[key] = thaw(getattr(self, key))
         if self.evaluations:
-            record["evaluations"] = _thaw(self.evaluations)
+            record["evaluations"] = thaw(self.evaluations)
         if self.note:
             record["note"] = self.note
         return record
