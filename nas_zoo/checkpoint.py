@@ -1,0 +1,99 @@
+"""Atomic, resumable checkpoints: model weights as safetensors, the rest of the run state beside them.
+
+A checkpoint is a directory ``DIR/`` holding ``model.safetensors`` (the weights) and ``state.pt`` (optimizer,
+scheduler, RNG states, epoch and any JSON-like extras), loaded with ``torch.load(weights_only=True)``.
+It is written into a temporary sibling directory and renamed into place, so a run killed mid-save leaves
+the previous checkpoint intact.
+"""
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model; the message says which keys."""
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Swap ``tmp`` into ``target``: the old checkpoint is removed only once the new one is complete."""
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(directory, model: nn.Module, state: Dict[str, Any]) -> Path:
+    """Write ``model``'s weights and ``state`` (tensors, numbers, strings, lists, dicts) atomically."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        _replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def find_checkpoint(directory) -> Optional[Path]:
+    """The checkpoint at ``directory``, or the one left as ``.old`` by a save that was killed mid-swap."""
+    target = Path(directory)
+    for candidate in (target, target.with_name(target.name + ".old")):
+        if (candidate / "model.safetensors").is_file() and (candidate / "state.pt").is_file():
+            return candidate
+    return None
+
+
+def load_weights(path, model: nn.Module) -> None:
+    """Load safetensors weights (a file, or a checkpoint directory) into ``model``, strictly."""
+    path = Path(path)
+    file = path / "model.safetensors" if path.is_dir() else path
+    try:
+        weights = load_file(str(file))
+    except Exception as e:  # noqa: BLE001 - missing file, truncated header, bad JSON: all mean the same here
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
+    if missing or unexpected or mismatched:
+        def few(keys):
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "") if keys else "none"
+        raise CheckpointError(f"{file} does not fit {type(model).__name__}: missing keys {few(missing)}; "
+                              f"unexpected keys {few(unexpected)}; shape mismatches {few(mismatched)}")
+    model.load_state_dict(weights)
+
+
+def load_state(directory) -> Dict[str, Any]:
+    """The run state saved beside the weights (``torch.load(weights_only=True)``: no code is unpickled)."""
+    path = Path(directory) / "state.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means the same thing to the user
+        raise CheckpointError(f"{path}: cannot be read as tensors and plain data ({e})") from None
