@@ -113,7 +113,7 @@ def info_command(
     console.print(f"reduce: {_cell_text(genotype.reduce, genotype.reduce_concat)}", highlight=False)
     table = Table()
     for column in ("model", "dataset", "network (C/cells)", "params M", "reported M", "MACs M (conv+linear)",
-                   "M (+BN,ReLU,pool)", "reported M", "reported error %", "search GPU-days"):
+                   "M (+2xBN,ReLU)", "reported M", "reported error %", "search GPU-days"):
         table.add_column(column)
     for network in info["networks"]:
         for d in network["datasets"]:
@@ -130,3 +130,13 @@ def info_command(
 
 def main() -> None:
     app()
+
+
+def _register_commands() -> None:
+    from . import harness
+
+    app.command("train")(harness.train_command)
+    app.command("evaluate")(harness.evaluate_command)
+
+
+_register_commands()

@@ -96,6 +96,9 @@ class Genotype:
     note: str = field(default="", compare=False, repr=False)
     source: str = field(default="", compare=False, repr=False)
 
+    def __deepcopy__(self, memo) -> "Genotype":
+        return self  # an immutable value: copies of a model share it
+
     @property
     def fixed_reduction(self) -> bool:
         return self.reduce is None

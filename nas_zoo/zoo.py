@@ -90,19 +90,25 @@ def _collect_specs() -> Dict[str, ModelSpec]:
 MODELS: Dict[str, ModelSpec] = _collect_specs()
 
 
+def data_config(network: str, dataset: str) -> Dict[str, Any]:
+    """Input size, normalisation and evaluation crop of ``network`` on ``dataset`` (timm's data config keys)."""
+    imagenet = network.endswith("imagenet")
+    mean, std = DATASET_STATS.get(dataset, DATASET_STATS["imagenet"])
+    size = 224 if imagenet else 32
+    return dict(input_size=(3, size, size), mean=mean, std=std, crop_pct=0.875 if imagenet else 1.0,
+                interpolation="bilinear")
+
+
 def _pretrained_cfg(spec: ModelSpec, evaluation: Mapping[str, Any]) -> Dict[str, Any]:
     dataset = evaluation["dataset"]
-    mean, std = DATASET_STATS[dataset]
     paper = spec.genotype.paper
-    size = 224 if spec.imagenet else 32
+    final = 7 if spec.imagenet else 8
     return dict(
-        hf_hub_id=f"{HUB_ORG}/{spec.name}.{DATASET_TAGS[dataset]}",
-        num_classes=NUM_CLASSES[dataset], input_size=(3, size, size), pool_size=(size // 32, size // 32) if
-        spec.imagenet else (size // 4, size // 4), crop_pct=0.875 if spec.imagenet else 1.0,
-        interpolation="bilinear", mean=mean, std=std,
-        first_conv="stem.stem0.0" if spec.imagenet else "stem.0", classifier="classifier",
+        hf_hub_id=f"{HUB_ORG}/{spec.name}.{DATASET_TAGS[dataset]}", num_classes=NUM_CLASSES[dataset],
+        pool_size=(final, final), first_conv="stem.stem0.0" if spec.imagenet else "stem.0", classifier="classifier",
         paper_ids=f"arXiv:{paper['arxiv']}" if "arxiv" in paper else None, paper_name=paper.get("title"),
         origin_url=paper.get("code"), notes=(f"genotype {spec.genotype.name}",),
+        **data_config(spec.network, dataset),
     )
 
 
