@@ -147,7 +147,8 @@ def build_dataset(spec: DataSpec, config: dict, train: bool) -> Dataset:
     if not split.is_dir():
         raise DatasetError(f"{spec.dataset}: {split} not found; expected class folders under {root}/train and "
                            f"{root}/val (--data-dir)")
-    transform = imagenet_train_transform(config) if train else create_transform(**config)
+    eval_keys = ("input_size", "mean", "std", "crop_pct", "interpolation")
+    transform = imagenet_train_transform(config) if train else create_transform(**{k: config[k] for k in eval_keys})
     try:
         return datasets.ImageFolder(str(split), transform=transform)
     except (FileNotFoundError, RuntimeError) as e:

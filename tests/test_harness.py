@@ -203,3 +203,27 @@ def test_folded_batch_norm_computes_the_same_function(name):
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-4)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+
+
+def test_class_folder_dataset_trains_the_imagenet_network(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            folder = tmp_path / "folder" / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    result = run("train", "darts_v2", "--dataset", "folder", "--data-dir", tmp_path / "folder", "--out", out,
+                 "--init-channels", "4", "--layers", "3", "--batch-size", "4", "--epochs", "1", "--num-workers", "0")
+    assert result.exit_code == 0, result.output
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
+    assert (state["network"], state["num_classes"]) == ("imagenet", 2)
+    result = run("evaluate", "darts_v2", "--dataset", "folder", "--data-dir", tmp_path / "folder",
+                 "--checkpoint", out / "checkpoint", "--no-speed", "--json", "-")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["images"] == 6
+    result = run("evaluate", "darts_v2", "--dataset", "folder", "--data-dir", tmp_path, "--no-speed")
+    assert result.exit_code == 2 and "expected class folders" in result.output.replace("\n", " ")
