@@ -78,6 +78,11 @@ def load_weights(path, model: nn.Module) -> None:
         weights = load_file(str(file))
     except Exception as e:  # noqa: BLE001 - missing file, truncated header, bad JSON: all mean the same here
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+    load_fitting(weights, model, str(file))
+
+
+def load_fitting(weights: Dict[str, torch.Tensor], model: nn.Module, source: str) -> None:
+    """``model.load_state_dict(weights)``, after checking keys and shapes; the error names the misfits."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -85,7 +90,7 @@ def load_weights(path, model: nn.Module) -> None:
     if missing or unexpected or mismatched:
         def few(keys):
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "") if keys else "none"
-        raise CheckpointError(f"{file} does not fit {type(model).__name__}: missing keys {few(missing)}; "
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: missing keys {few(missing)}; "
                               f"unexpected keys {few(unexpected)}; shape mismatches {few(mismatched)}")
     model.load_state_dict(weights)
 
