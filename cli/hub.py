@@ -22,7 +22,8 @@ TAG_DATASETS = {tag: dataset for dataset, tag in DATASET_TAGS.items()}
 def _target(name: str, num_classes: int, dataset: Optional[str], network: Optional[str], C: Optional[int],
             layers: Optional[int]) -> Target:
     """A zoo model (``gdas_v1``, ``gdas_v1.cifar10``), a zoo genotype, or a genotype file (``FILE[:NAME]``)."""
-    base, _, tag = name.partition(".") if not name.endswith(".json") and ":" not in name else (name, "", "")
+    is_file = name.endswith(".json") or ":" in name or Path(name).exists()
+    base, _, tag = ("", "", "") if is_file else name.partition(".")
     if tag:
         if tag not in TAG_DATASETS:
             raise fail(f"{name}: unknown tag {tag!r}; tags are {', '.join(TAG_DATASETS)}")
@@ -30,8 +31,8 @@ def _target(name: str, num_classes: int, dataset: Optional[str], network: Option
     if dataset is not None and dataset not in DATASETS:
         raise fail(f"--dataset {dataset!r} is not one of: {', '.join(DATASETS)}")
     try:
-        if base.endswith(".json") or ":" in base or Path(base).exists():
-            path, _, entry = base.partition(":") if not Path(base).exists() else (base, "", "")
+        if is_file:
+            path, _, entry = name.partition(":") if not Path(name).exists() else (name, "", "")
             genotype = load_genotype(path, entry or None)
             setting = next(iter(genotype.evaluations), {})
             spec = ModelSpec(GENOTYPE_MODEL, genotype, network or setting.get("network", "cifar"),

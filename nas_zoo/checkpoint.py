@@ -8,8 +8,9 @@ the previous checkpoint intact.
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -44,21 +45,28 @@ def _replace_dir(tmp: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(directory, model: nn.Module, state: Dict[str, Any]) -> Path:
-    """Write ``model``'s weights and ``state`` (tensors, numbers, strings, lists, dicts) atomically."""
+@contextmanager
+def atomic_directory(directory) -> Iterator[Path]:
+    """A temporary sibling of ``directory`` to fill; it replaces ``directory`` when the block completes."""
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
-        torch.save(state, tmp / "state.pt")
+        yield tmp
         _replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+
+def save_checkpoint(directory, model: nn.Module, state: Dict[str, Any]) -> Path:
+    """Write ``model``'s weights and ``state`` (tensors, numbers, strings, lists, dicts) atomically."""
+    with atomic_directory(directory) as tmp:
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+    return Path(directory)
 
 
 def find_checkpoint(directory) -> Optional[Path]:

@@ -16,20 +16,16 @@ sha256 the Hub reports for the file (its LFS etag). A file that fails the check 
 """
 import hashlib
 import json
-import os
 import re
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
-
-from dataclasses import dataclass
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import _replace_dir, load_fitting
-from .genotype import Genotype
+from .checkpoint import CheckpointError, atomic_directory, load_fitting
 from .zoo import DATASET_TAGS, GENOTYPE_MODEL, MODELS, NUM_CLASSES, ModelSpec, _pretrained_cfg
 
 WEIGHTS_NAME = "model.safetensors"
@@ -167,7 +163,7 @@ def save_pretrained(directory, target: Target, state_dict: Mapping[str, torch.Te
     """Publish-ready folder for ``state_dict`` (nas-zoo's layout) as ``target``: checked to fit it exactly,
     the auxiliary head left out. ``load_as`` is the ``timm.create_model`` name the card shows."""
     if "classifier.weight" not in state_dict:
-        raise WeightsError(f"{source or 'the checkpoint'}: no classifier.weight; not a classification network's weights")
+        raise CheckpointError(f"{source or 'the checkpoint'}: no classifier.weight; not a classification network's weights")
     auxiliary = any(k.startswith("auxiliary_head.") for k in state_dict)
     model = target.create(num_classes=state_dict["classifier.weight"].shape[0], auxiliary=auxiliary)
     load_fitting(dict(state_dict), model, source or "the checkpoint")
@@ -182,20 +178,12 @@ def save_pretrained(directory, target: Target, state_dict: Mapping[str, torch.Te
 
 def write_pretrained(directory, model: nn.Module, config: Mapping[str, Any], card: str) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``README.md`` into ``directory``, atomically."""
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_directory(directory) as tmp:
         weights = {k: v.detach().contiguous().cpu() for k, v in inference_state_dict(model.state_dict()).items()}
         save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "README.md").write_text(card)
-        _replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return Path(directory)
 
 
 def download_weights(hub_id: str, sha256: Optional[str] = None, cache_dir=None) -> Path:

@@ -122,21 +122,21 @@ class Weights:
     published: bool = False
 
 
+def _tag(spec: ModelSpec, evaluation: Mapping[str, Any]) -> str:
+    return f"{spec.name}.{DATASET_TAGS[evaluation['dataset']]}"
+
+
 WEIGHTS: Dict[str, Weights] = {
-    f"{spec.name}.{DATASET_TAGS[e['dataset']]}": Weights(**{
-        "hf_hub_id": f"{HUB_ORG}/{spec.name}.{DATASET_TAGS[e['dataset']]}", **e.get("weights", {})})
+    _tag(spec, e): Weights(**{"hf_hub_id": f"{HUB_ORG}/{_tag(spec, e)}", **e.get("weights", {})})
     for spec in MODELS.values() for e in spec.evaluations
 }
 # A genotype outside the zoo, built from its record: what a pushed user genotype's config.json names.
 GENOTYPE_MODEL = "nas_genotype"
 
 default_cfgs = generate_default_cfgs({
-    **{tag: {**_pretrained_cfg(MODELS[tag.split(".")[0]], e), "hf_hub_id": WEIGHTS[tag].hf_hub_id}
-       for tag, e in ((f"{spec.name}.{DATASET_TAGS[e['dataset']]}", e) for spec in MODELS.values()
-                      for e in spec.evaluations)},
-    GENOTYPE_MODEL: dict(num_classes=10, input_size=(3, 32, 32), mean=DATASET_STATS["cifar10"][0],
-                         std=DATASET_STATS["cifar10"][1], crop_pct=1.0, interpolation="bilinear",
-                         first_conv="stem.0", classifier="classifier"),
+    **{_tag(spec, e): {**_pretrained_cfg(spec, e), "hf_hub_id": WEIGHTS[_tag(spec, e)].hf_hub_id}
+       for spec in MODELS.values() for e in spec.evaluations},
+    GENOTYPE_MODEL: dict(num_classes=10, first_conv="stem.0", classifier="classifier", **data_config("cifar", "cifar10")),
 })
 
 

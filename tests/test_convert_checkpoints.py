@@ -72,25 +72,19 @@ def gdas_entry():
     return next(e for e in INDEX if e["genotype"] == "GDAS_F1" and e["network"] == "cifar")
 
 
-def test_a_checkpoint_of_another_architecture_is_refused_with_its_keys(tmp_path):
+@pytest.mark.parametrize("model, C, expected", [
+    ("darts_v2", "4", ["missing keys ['cells.0.ops.0.op.1.weight'", "unexpected keys ['cells.0.ops.5."]),
+    ("gdas_f1", "8", ["shape mismatches", "pass --C/--layers"]),
+])
+def test_a_checkpoint_that_does_not_fit_is_refused_with_its_keys_or_shapes(tmp_path, model, C, expected):
     entry = gdas_entry()
     checkpoint = saved_as_the_authors_do({**entry, "code": "darts"}, load_file(FIXTURES / entry["state_dict"]),
                                          tmp_path / "weights.pt")
-    result = runner.invoke(app, ["convert", "--from", "gdas", str(checkpoint), "--model", "darts_v2", "--out",
-                                 str(tmp_path / "out"), "--C", "4", "--layers", "5"])
+    result = runner.invoke(app, ["convert", "--from", "gdas", str(checkpoint), "--model", model, "--out",
+                                 str(tmp_path / "out"), "--C", C, "--layers", "5"])
     output = result.output.replace("\n", " ")
     assert result.exit_code == 2 and not (tmp_path / "out").exists()
-    assert "missing keys ['cells.0.ops.0.op.1.weight'" in output and "unexpected keys ['cells.0.ops.5." in output
-
-
-def test_a_checkpoint_of_another_size_is_refused_with_the_shapes(tmp_path):
-    entry = gdas_entry()
-    checkpoint = saved_as_the_authors_do({**entry, "code": "darts"}, load_file(FIXTURES / entry["state_dict"]),
-                                         tmp_path / "weights.pt")
-    result = runner.invoke(app, ["convert", "--from", "gdas", str(checkpoint), "--model", "gdas_f1", "--out",
-                                 str(tmp_path / "out"), "--C", "8", "--layers", "5"])
-    output = result.output.replace("\n", " ")
-    assert result.exit_code == 2 and "shape mismatches" in output and "pass --C/--layers" in output
+    assert all(text in output for text in expected), output
 
 
 def test_gdas_args_name_the_architecture_and_a_mismatch_is_refused(tmp_path):

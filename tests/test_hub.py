@@ -130,14 +130,17 @@ def test_push_pull_evaluate_round_trip(loopback_hub, tmp_path):
 def test_a_pushed_user_genotype_loads_by_repository(loopback_hub, tmp_path):
     record = {**nas_zoo.get_genotype("PC_DARTS_cifar").to_dict(), "name": "MINE"}
     del record["evaluations"], record["paper"]
+    (tmp_path / "mine.json").write_text(json.dumps(record))
     (genotype,) = parse_genotypes(record, "mine.json").values()
-    target = Target.of(ModelSpec(GENOTYPE_MODEL, genotype, "cifar", 8, 4, ()), "cifar100")
     torch.manual_seed(0)
-    model = target.create(num_classes=100)
-    folder = save_pretrained(tmp_path / "mine", target, model.state_dict(), "hf-hub:me/mine")
-    loopback_hub.put("me/mine", {p.name: p.read_bytes() for p in folder.iterdir()})
+    model = Target.of(ModelSpec(GENOTYPE_MODEL, genotype, "cifar", 8, 4, ()), "cifar100").create(num_classes=100)
+    save_file(model.state_dict(), str(tmp_path / "mine.safetensors"))
+    result = runner.invoke(app, ["push", str(tmp_path / "mine.json"), "--checkpoint", str(tmp_path / "mine.safetensors"),
+                                 "--repo-id", "me/mine", "--C", "8", "--layers", "4"])
+    assert result.exit_code == 0, result.output
+    config = json.loads(loopback_hub.repos["me/mine"]["config.json"])
+    assert config["architecture"] == "nas_genotype" and config["model_args"]["genotype"]["name"] == "MINE"
     pulled = timm.create_model("hf-hub:me/mine", pretrained=True)
-    assert json.loads((folder / "config.json").read_text())["architecture"] == "nas_genotype"
     assert pulled.num_classes == 100 and pulled.pretrained_cfg["mean"][0] == pytest.approx(0.5071)
     torch.testing.assert_close(logits(pulled), logits(model), atol=0, rtol=0)
 
