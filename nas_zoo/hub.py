@@ -32,7 +32,7 @@ WEIGHTS_NAME = "model.safetensors"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(CheckpointError):
     """Weights that are not published, cannot be downloaded, or fail their sha256 check."""
 
 

@@ -23,7 +23,7 @@ def loopback_hub(tmp_path, monkeypatch):
     """
     from huggingface_hub import constants
 
-    from loopback_hub import LoopbackHub
+    from tests.loopback_hub import LoopbackHub
 
     with LoopbackHub() as hub:
         cache = tmp_path / "hf-home" / "hub"

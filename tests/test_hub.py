@@ -83,6 +83,8 @@ def test_pretrained_on_an_unpublished_tag_fails_clearly_without_the_network(monk
     assert "no published weights for gdas_v1.cifar100; nas-zoo has published none yet" in message
     assert "nas-zoo convert --from gdas CHECKPOINT --model gdas_v1.cifar100 --out DIR" in message
     assert "local-dir:DIR" in message and "pretrained_cfg_overlay=dict(file=" in message
+    result = runner.invoke(app, ["evaluate", "gdas_v1", "--dataset", "cifar10", "--pretrained", "--no-accuracy"])
+    assert result.exit_code == 2 and "no published weights for gdas_v1.cifar10;" in result.output
     monkeypatch.setitem(zoo.WEIGHTS, "pdarts.cifar10", Weights("nas-zoo/pdarts.cifar10", "0" * 64, True))
     with pytest.raises(WeightsError, match="tags with weights: pdarts.cifar10"):
         timm.create_model("gdas_v1", pretrained=True)
@@ -125,6 +127,33 @@ def test_push_pull_evaluate_round_trip(loopback_hub, tmp_path):
         patch.setitem(zoo.WEIGHTS, "darts_v2.cifar10", Weights("me/darts-small", digest, True))
         by_tag = timm.create_model("darts_v2.cifar10", pretrained=True, **SMALL)
     torch.testing.assert_close(logits(by_tag), logits(model), atol=0, rtol=0)
+
+
+def test_train_push_pull_evaluate_through_the_loopback_hub(loopback_hub, tmp_path):
+    """A run of `nas-zoo train`, evaluated, pushed with its evaluation, pulled by repository and evaluated
+    again with the pulled data config: the same figures."""
+    from nas_zoo.data import DataSpec, build_dataset
+    from nas_zoo.train import evaluate_loader, make_loader
+    from tests.test_harness import _write_cifar, tiny
+
+    data = _write_cifar(tmp_path / "data")
+    assert runner.invoke(app, ["train", "darts_v2", "--dataset", "cifar10", "--data-dir", str(data), "--out",
+                               str(tmp_path / "run"), *tiny(1)]).exit_code == 0
+    evaluation = tmp_path / "eval.json"
+    result = runner.invoke(app, ["evaluate", "darts_v2", "--dataset", "cifar10", "--data-dir", str(data),
+                                 "--checkpoint", str(tmp_path / "run" / "checkpoint"), "--no-speed",
+                                 "--json", str(evaluation)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["push", "darts_v2.cifar10", "--checkpoint", str(tmp_path / "run" / "checkpoint"),
+                                 "--repo-id", "me/run", "--C", "4", "--layers", "3", "--eval", str(evaluation)])
+    assert result.exit_code == 0, result.output
+    measured = json.loads(evaluation.read_text())
+    assert f"| top-1 error % | {measured['top1_error']:.2f} | 2.76 |" in loopback_hub.repos["me/run"]["README.md"].decode()
+
+    pulled = timm.create_model("hf-hub:me/run", pretrained=True)
+    test_set = build_dataset(DataSpec("cifar10", data), pulled.pretrained_cfg, train=False)
+    again = evaluate_loader(pulled, make_loader(test_set, 16, False, 0), torch.device("cpu"))
+    assert again["top1_error"] == measured["top1_error"] and again["loss"] == pytest.approx(measured["loss"], abs=1e-6)
 
 
 def test_a_pushed_user_genotype_loads_by_repository(loopback_hub, tmp_path):
@@ -206,10 +235,10 @@ def test_the_environment_variables_reach_the_loopback_hub(loopback_hub, tmp_path
     """HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE as a user sets them, in fresh interpreters."""
     model, _ = push(loopback_hub, tmp_path)
     torch.save(logits(model), tmp_path / "expected.pt")
-    script = ("import sys, timm, torch, nas_zoo; from test_hub import logits; "
+    script = ("import timm, torch, nas_zoo; from tests.test_hub import logits; "
               "got = logits(timm.create_model('hf-hub:me/darts-small', pretrained=True)); "
               f"torch.testing.assert_close(got, torch.load(r'{tmp_path / 'expected.pt'}'), atol=0, rtol=0)")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     for offline in ("0", "1"):
         before = len(loopback_hub.requests)
         done = subprocess.run([sys.executable, "-c", script], env={**env, "HF_HUB_OFFLINE": offline},
