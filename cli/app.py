@@ -133,10 +133,12 @@ def main() -> None:
 
 
 def _register_commands() -> None:
-    from . import harness
+    from . import harness, hub
 
     app.command("train")(harness.train_command)
     app.command("evaluate")(harness.evaluate_command)
+    app.command("convert")(hub.convert_command)
+    app.command("push")(hub.push_command)
 
 
 _register_commands()

@@ -37,6 +37,8 @@ SETTING_FIELDS = {
     "auxiliary_weight": (float, "a number >= 0"),
     "drop_path": (float, "a probability in [0, 1)"),
     "reported": (dict, "an object of figures"),
+    "weights": (dict, 'an object {"hf_hub_id": "ORG/REPO", "sha256": "<64 hex digits>", "published": true|false}; '
+                      "published weights need their sha256"),
 }
 RECORD_FIELDS = {"name", "normal", "normal_concat", "reduce", "reduce_concat", "provenance", "evaluations",
                  "note", "paper", "network_options", "search"}
@@ -126,6 +128,17 @@ class Genotype:
         return record
 
 
+def _valid_weights(weights: Mapping) -> bool:
+    """Where an evaluation's trained weights live: a Hub repository, their sha256 and whether they are out."""
+    sha256 = weights.get("sha256")
+    return (set(weights) <= {"hf_hub_id", "sha256", "published"}
+            and isinstance(weights.get("hf_hub_id", "a/b"), str) and weights.get("hf_hub_id", "a/b").count("/") == 1
+            and isinstance(weights.get("published", False), bool)
+            and (sha256 is None or isinstance(sha256, str) and len(sha256) == 64
+                 and all(c in "0123456789abcdef" for c in sha256))
+            and (sha256 is not None or not weights.get("published", False)))
+
+
 class _Checker:
     """Raises GenotypeError with the file, the entry and the field in front of the reason."""
 
@@ -179,7 +192,7 @@ class _Checker:
             ok = ok and {
                 "dataset": lambda v: v in DATASETS, "network": lambda v: v in NETWORKS,
                 "C": lambda v: v > 0 and v % 2 == 0, "layers": lambda v: v > 0,
-                "auxiliary_weight": lambda v: v >= 0, "drop_path": lambda v: 0 <= v < 1,
+                "auxiliary_weight": lambda v: v >= 0, "drop_path": lambda v: 0 <= v < 1, "weights": _valid_weights,
             }.get(key, lambda v: True)(value)
             if not ok:
                 raise self.fail(f"{where}.{key}", f"expected {expected}, got {json.dumps(value)}")
