@@ -16,7 +16,7 @@ from nas_zoo.genotype import Genotype
 from nas_zoo.recipes import TrainConfig, paper_recipe, read_config_file
 from nas_zoo.summary import family
 from nas_zoo.train import Target, device_for_run, evaluate_loader, make_loader, train, write_atomic
-from nas_zoo.zoo import find_model
+from nas_zoo.zoo import DATASET_TAGS, find_model
 
 from .app import fail, resolve_genotype
 
@@ -100,7 +100,8 @@ def _load_model(target: Target, checkpoint: Optional[Path], pretrained: bool, nu
             raise ValueError(f"{target.genotype.name} has no zoo model for {target.dataset}; pass --checkpoint")
         import timm
 
-        return timm.create_model(target.model_name, pretrained=True)
+        tag = DATASET_TAGS["imagenet" if target.dataset == "folder" else target.dataset]
+        return timm.create_model(f"{target.model_name}.{tag}", pretrained=True)
     return target.build(recipe, num_classes)
 
 
