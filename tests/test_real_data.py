@@ -14,11 +14,11 @@ pytestmark = [pytest.mark.slow,
 
 
 def test_reduced_network_learns_the_cifar10_subset(tmp_path):
-    """A C=8, 5-cell DARTS_V2 network, 2 epochs on 5,085 real images: test error far below chance (90%)."""
+    """A C=8, 5-cell DARTS_V2 network, 1 epoch on 5,085 real images: test error far below chance (90%)."""
     runner = CliRunner()
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "darts_v2", "--dataset", "cifar10", "--data-dir", str(CIFAR_MINI),
-                                 "--out", str(out), "--init-channels", "8", "--layers", "5", "--epochs", "2",
+                                 "--out", str(out), "--init-channels", "8", "--layers", "5", "--epochs", "1",
                                  "--batch-size", "64", "--auxiliary-weight", "0", "--num-workers", "0"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["evaluate", "darts_v2", "--dataset", "cifar10", "--data-dir", str(CIFAR_MINI),
@@ -26,4 +26,4 @@ def test_reduced_network_learns_the_cifar10_subset(tmp_path):
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
     assert figures["images"] == 1017
-    assert figures["top1_error"] < 75, figures
+    assert figures["top1_error"] < 80, figures
