@@ -16,7 +16,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,6 @@ class TrainConfig:
     eval_batch_size: int = 10
     test_batch_size: int = 1
     max_batches: int = 0  # batches per epoch; 0: the whole training split (set it for a short CPU budget)
-    log_interval: int = 200
 
     @classmethod
     def create(cls, setting: Dict[str, Any], overrides: Dict[str, Any]) -> "TrainConfig":
@@ -73,7 +72,7 @@ class TrainConfig:
             values[key] = kind(value)
         config = cls(**values)
         config.emsize = config.emsize or config.nhid
-        for key in ("epochs", "batch_size", "bptt", "nhid", "eval_batch_size", "test_batch_size", "log_interval"):
+        for key in ("epochs", "batch_size", "bptt", "nhid", "nonmono", "eval_batch_size", "test_batch_size"):
             if getattr(config, key) <= 0:
                 raise LMError(f"setting {key!r} must be positive, got {getattr(config, key)}")
         for key in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
@@ -148,6 +147,11 @@ def _make_optimizer(kind: str, model: RNNModel, config: TrainConfig) -> torch.op
     if kind == "asgd":  # t0=0, lambd=0: a plain running average of the iterates from the switch on
         return torch.optim.ASGD(model.parameters(), lr=config.lr, t0=0, lambd=0.0, weight_decay=config.wdecay)
     return torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.wdecay)
+
+
+def switch_to_asgd(history: List[float], val_loss: float, nonmono: int) -> bool:
+    """The non-monotonic trigger: validation is worse than the best of all but the last ``nonmono`` epochs."""
+    return len(history) > nonmono and val_loss > min(history[:-nonmono])
 
 
 def _sequence_length(config: TrainConfig) -> int:
@@ -259,7 +263,7 @@ def train(name: str, genotype: RecurrentGenotype, corpus: Corpus, out: Path, set
                     best_loss = val_loss
                     save_checkpoint(out / "best", model, {"info": info, "epoch": epoch, "val_loss": val_loss})
             if kind == "sgd":
-                if len(history) > config.nonmono and val_loss > min(history[:-config.nonmono]):
+                if switch_to_asgd(history, val_loss, config.nonmono):
                     kind, optimizer = "asgd", _make_optimizer("asgd", model, config)
                     log("switching to ASGD")
                 history.append(val_loss)
