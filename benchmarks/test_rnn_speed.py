@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import nas_zoo
 from nas_zoo.rnn import DARTSCell, dropout_mask

@@ -170,6 +170,12 @@ class RecurrentGenotype:
         return _with_metadata(self, record)
 
 
+def _is_pair(item: Any) -> bool:
+    """A ``[name, index]`` pair: a string and a (non-boolean) integer."""
+    return (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int)
+            and not isinstance(item[1], bool))
+
+
 class _Checker:
     """Raises GenotypeError with the file, the entry and the field in front of the reason."""
 
@@ -179,17 +185,19 @@ class _Checker:
     def fail(self, where: str, reason: str) -> GenotypeError:
         return GenotypeError(f"{self.source}: genotype {self.entry!r}, field {where!r}: {reason}")
 
+    def pairs(self, items: List[Any], key: str, shape: str):
+        """(position, field name, pair) for each item, which must be a [name, index] pair."""
+        for k, item in enumerate(items):
+            if not _is_pair(item):
+                raise self.fail(f"{key}[{k}]", f"expected {shape}, got {json.dumps(item)}")
+            yield k, f"{key}[{k}]", item
+
     def edges(self, record: Mapping, key: str) -> Tuple[Edge, ...]:
         edges = record.get(key)
         if not isinstance(edges, list) or not edges or len(edges) % 2:
             raise self.fail(key, "expected a non-empty list with two [operation, input] pairs per node")
         checked = []
-        for k, edge in enumerate(edges):
-            where = f"{key}[{k}]"
-            if not (isinstance(edge, list) and len(edge) == 2 and isinstance(edge[0], str)
-                    and isinstance(edge[1], int) and not isinstance(edge[1], bool)):
-                raise self.fail(where, f"expected [operation, input], got {json.dumps(edge)}")
-            op, index = edge
+        for k, where, (op, index) in self.pairs(edges, key, "[operation, input]"):
             if op not in OPS or op == "none":
                 close = difflib.get_close_matches(op, OPS, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -205,12 +213,7 @@ class _Checker:
         if not isinstance(steps, list) or not steps:
             raise self.fail("recurrent", "expected a non-empty list of [activation, predecessor] steps")
         checked = []
-        for i, step in enumerate(steps):
-            where = f"recurrent[{i}]"
-            if not (isinstance(step, list) and len(step) == 2 and isinstance(step[0], str)
-                    and isinstance(step[1], int) and not isinstance(step[1], bool)):
-                raise self.fail(where, f"expected [activation, predecessor], got {json.dumps(step)}")
-            activation, pred = step
+        for i, where, (activation, pred) in self.pairs(steps, "recurrent", "[activation, predecessor]"):
             if activation not in ACTIVATIONS:
                 raise self.fail(where, f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
             if not 0 <= pred <= i:

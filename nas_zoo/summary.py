@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .flops import count_flops
-from .genotype import TEXT_DATASETS, AnyGenotype, Genotype, RecurrentGenotype, thaw
+from .genotype import TEXT_DATASETS, AnyGenotype, RecurrentGenotype, thaw
 from .networks import NETWORK_DEFAULTS, build_network
 from .rnn import MODEL_FIELDS, RNNModel, paper_setting
 from .zoo import DATASET_TAGS, LM_MODELS, MODELS, NUM_CLASSES
