@@ -134,7 +134,7 @@ def info_command(
     console.print(f"reduce: {_cell_text(genotype.reduce, genotype.reduce_concat)}", highlight=False)
     table = Table()
     for column in ("model", "dataset", "network (C/cells)", "params M", "reported M", "MACs M (conv+linear)",
-                   "M (+BN,ReLU,pool)", "reported M", "reported error %", "search GPU-days"):
+                   "M (+2xBN,ReLU)", "reported M", "reported error %", "search GPU-days"):
         table.add_column(column)
     for network in info["networks"]:
         for d in network["datasets"]:
@@ -157,3 +157,15 @@ app.command("evaluate-lm")(lm.evaluate_command)  # temporary: folded into `evalu
 
 def main() -> None:
     app()
+
+
+def _register_commands() -> None:
+    from . import harness, hub
+
+    app.command("train")(harness.train_command)
+    app.command("evaluate")(harness.evaluate_command)
+    app.command("convert")(hub.convert_command)
+    app.command("push")(hub.push_command)
+
+
+_register_commands()

@@ -8,8 +8,9 @@ the previous checkpoint intact.
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -44,21 +45,28 @@ def _replace_dir(tmp: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(directory, model: nn.Module, state: Dict[str, Any]) -> Path:
-    """Write ``model``'s weights and ``state`` (tensors, numbers, strings, lists, dicts) atomically."""
+@contextmanager
+def atomic_directory(directory) -> Iterator[Path]:
+    """A temporary sibling of ``directory`` to fill; it replaces ``directory`` when the block completes."""
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
-        torch.save(state, tmp / "state.pt")
+        yield tmp
         _replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+
+def save_checkpoint(directory, model: nn.Module, state: Dict[str, Any]) -> Path:
+    """Write ``model``'s weights and ``state`` (tensors, numbers, strings, lists, dicts) atomically."""
+    with atomic_directory(directory) as tmp:
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+    return Path(directory)
 
 
 def find_checkpoint(directory) -> Optional[Path]:
@@ -78,6 +86,11 @@ def load_weights(path, model: nn.Module) -> None:
         weights = load_file(str(file))
     except Exception as e:  # noqa: BLE001 - missing file, truncated header, bad JSON: all mean the same here
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+    load_fitting(weights, model, str(file))
+
+
+def load_fitting(weights: Dict[str, torch.Tensor], model: nn.Module, source: str) -> None:
+    """``model.load_state_dict(weights)``, after checking keys and shapes; the error names the misfits."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -85,7 +98,7 @@ def load_weights(path, model: nn.Module) -> None:
     if missing or unexpected or mismatched:
         def few(keys):
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "") if keys else "none"
-        raise CheckpointError(f"{file} does not fit {type(model).__name__}: missing keys {few(missing)}; "
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: missing keys {few(missing)}; "
                               f"unexpected keys {few(unexpected)}; shape mismatches {few(mismatched)}")
     model.load_state_dict(weights)
 

@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import torch
 from PIL import Image
-from timm.data import create_transform, resolve_data_config
+from timm.data import create_transform
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
@@ -110,9 +110,8 @@ def cifar_transforms(mean, std, train: bool, cutout: int = 16) -> Callable:
                                *([Cutout(cutout)] if cutout else [])])
 
 
-def imagenet_train_transform(model) -> Callable:
+def imagenet_train_transform(config: dict) -> Callable:
     """DARTS's ImageNet augmentation: random resized crop, flip, colour jitter (0.4, 0.4, 0.4, 0.2)."""
-    config = resolve_data_config(model=model)
     return transforms.Compose([
         transforms.RandomResizedCrop(config["input_size"][-1]), transforms.RandomHorizontalFlip(),
         transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2), transforms.ToTensor(),
@@ -129,22 +128,27 @@ class DataSpec:
     cutout: int = 16
 
 
-def build_dataset(spec: DataSpec, model, train: bool) -> Dataset:
-    """The split of ``spec.dataset`` with the paper's transforms (evaluation: the model's pretrained_cfg)."""
+def build_dataset(spec: DataSpec, config: dict, train: bool) -> Dataset:
+    """The split of ``spec.dataset`` with the paper's transforms.
+
+    ``config`` is a timm data config (input_size, mean, std, crop_pct, interpolation): evaluation on
+    ImageNet-style data resizes and centre-crops by it, as timm's ``create_transform`` does.
+    """
     root = Path(spec.data_dir).expanduser()
     if spec.dataset in CIFAR_LAYOUTS:
         if spec.download:
             cls = datasets.CIFAR10 if spec.dataset == "cifar10" else datasets.CIFAR100
             cls(str(root), train=train, download=True)
-        cfg = model.pretrained_cfg
-        return CifarPickles(root, spec.dataset, train, cifar_transforms(cfg["mean"], cfg["std"], train, spec.cutout))
+        return CifarPickles(root, spec.dataset, train, cifar_transforms(config["mean"], config["std"], train,
+                                                                         spec.cutout))
     if spec.dataset not in ("imagenet", "folder"):
         raise DatasetError(f"unknown dataset {spec.dataset!r}; expected one of {', '.join(DATASETS)}")
     split = root / ("train" if train else "val")
     if not split.is_dir():
         raise DatasetError(f"{spec.dataset}: {split} not found; expected class folders under {root}/train and "
                            f"{root}/val (--data-dir)")
-    transform = imagenet_train_transform(model) if train else create_transform(**resolve_data_config(model=model))
+    eval_keys = ("input_size", "mean", "std", "crop_pct", "interpolation")
+    transform = imagenet_train_transform(config) if train else create_transform(**{k: config[k] for k in eval_keys})
     try:
         return datasets.ImageFolder(str(split), transform=transform)
     except (FileNotFoundError, RuntimeError) as e:

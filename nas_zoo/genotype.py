@@ -50,6 +50,8 @@ SETTING_FIELDS = {
     "epochs": (int, "a positive integer"),
     "wdecay": (float, "a number >= 0"),
     **{key: (float, "a probability in [0, 1)") for key in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute")},
+    "weights": (dict, 'an object {"hf_hub_id": "ORG/REPO", "sha256": "<64 hex digits>", "published": true|false}; '
+                      "published weights need their sha256"),
 }
 RECORD_FIELDS = {"name", "normal", "normal_concat", "reduce", "reduce_concat", "provenance", "evaluations",
                  "note", "paper", "network_options", "search"}
@@ -113,6 +115,9 @@ class Genotype:
     note: str = field(default="", compare=False, repr=False)
     source: str = field(default="", compare=False, repr=False)
 
+    def __deepcopy__(self, memo) -> "Genotype":
+        return self  # an immutable value: copies of a model share it
+
     @property
     def fixed_reduction(self) -> bool:
         return self.reduce is None
@@ -174,6 +179,17 @@ def _is_pair(item: Any) -> bool:
     """A ``[name, index]`` pair: a string and a (non-boolean) integer."""
     return (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int)
             and not isinstance(item[1], bool))
+
+
+def _valid_weights(weights: Mapping) -> bool:
+    """Where an evaluation's trained weights live: a Hub repository, their sha256 and whether they are out."""
+    sha256 = weights.get("sha256")
+    return (set(weights) <= {"hf_hub_id", "sha256", "published"}
+            and isinstance(weights.get("hf_hub_id", "a/b"), str) and weights.get("hf_hub_id", "a/b").count("/") == 1
+            and isinstance(weights.get("published", False), bool)
+            and (sha256 is None or isinstance(sha256, str) and len(sha256) == 64
+                 and all(c in "0123456789abcdef" for c in sha256))
+            and (sha256 is not None or not weights.get("published", False)))
 
 
 class _Checker:
@@ -246,7 +262,7 @@ class _Checker:
             ok = ok and {
                 "dataset": lambda v: v in DATASETS, "network": lambda v: v in NETWORKS,
                 "C": lambda v: v > 0 and v % 2 == 0, "layers": lambda v: v > 0,
-                "auxiliary_weight": lambda v: v >= 0, "drop_path": lambda v: 0 <= v < 1,
+                "auxiliary_weight": lambda v: v >= 0, "drop_path": lambda v: 0 <= v < 1, "weights": _valid_weights,
                 "nhid": lambda v: v > 0, "epochs": lambda v: v > 0, "wdecay": lambda v: v >= 0,
             }.get(key, (lambda v: 0 <= v < 1) if key.startswith("dropout") else (lambda v: True))(value)
             if not ok:

@@ -14,10 +14,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from torch import nn
 
-from .genotype import Genotype, GenotypeError, RecurrentGenotype, get_genotype, list_genotypes, unknown_name
+from .genotype import (Genotype, GenotypeError, RecurrentGenotype, get_genotype, list_genotypes, parse_genotypes,
+                       unknown_name)
 from .networks import build_network
 from .rnn import MODEL_FIELDS, RNNModel, paper_setting
 
@@ -96,32 +97,101 @@ def _collect_specs() -> Dict[str, ModelSpec]:
 MODELS: Dict[str, ModelSpec] = _collect_specs()
 
 
+def data_config(network: str, dataset: str) -> Dict[str, Any]:
+    """Input size, normalisation and evaluation crop of ``network`` on ``dataset`` (timm's data config keys)."""
+    imagenet = network.endswith("imagenet")
+    mean, std = DATASET_STATS.get(dataset, DATASET_STATS["imagenet"])
+    size = 224 if imagenet else 32
+    return dict(input_size=(3, size, size), mean=mean, std=std, crop_pct=0.875 if imagenet else 1.0,
+                interpolation="bilinear")
+
+
 def _pretrained_cfg(spec: ModelSpec, evaluation: Mapping[str, Any]) -> Dict[str, Any]:
     dataset = evaluation["dataset"]
-    mean, std = DATASET_STATS[dataset]
     paper = spec.genotype.paper
-    size = 224 if spec.imagenet else 32
+    final = 7 if spec.imagenet else 8
     return dict(
-        hf_hub_id=f"{HUB_ORG}/{spec.name}.{DATASET_TAGS[dataset]}",
-        num_classes=NUM_CLASSES[dataset], input_size=(3, size, size), pool_size=(size // 32, size // 32) if
-        spec.imagenet else (size // 4, size // 4), crop_pct=0.875 if spec.imagenet else 1.0,
-        interpolation="bilinear", mean=mean, std=std,
-        first_conv="stem.stem0.0" if spec.imagenet else "stem.0", classifier="classifier",
+        hf_hub_id=f"{HUB_ORG}/{spec.name}.{DATASET_TAGS[dataset]}", num_classes=NUM_CLASSES[dataset],
+        pool_size=(final, final), first_conv="stem.stem0.0" if spec.imagenet else "stem.0", classifier="classifier",
         paper_ids=f"arXiv:{paper['arxiv']}" if "arxiv" in paper else None, paper_name=paper.get("title"),
         origin_url=paper.get("code"), notes=(f"genotype {spec.genotype.name}",),
+        **data_config(spec.network, dataset),
     )
 
 
+@dataclass(frozen=True)
+class Weights:
+    """A pretrained tag's weights (an evaluation's ``"weights"`` in its genotype file): the Hub repository
+    that holds them, their sha256 and whether they are published. Unlisted tags are unpublished."""
+
+    hf_hub_id: str
+    sha256: Optional[str] = None
+    published: bool = False
+
+
+def _tag(spec: ModelSpec, evaluation: Mapping[str, Any]) -> str:
+    return f"{spec.name}.{DATASET_TAGS[evaluation['dataset']]}"
+
+
+WEIGHTS: Dict[str, Weights] = {
+    _tag(spec, e): Weights(**{"hf_hub_id": f"{HUB_ORG}/{_tag(spec, e)}", **e.get("weights", {})})
+    for spec in MODELS.values() for e in spec.evaluations
+}
+# A genotype outside the zoo, built from its record: what a pushed user genotype's config.json names.
+GENOTYPE_MODEL = "nas_genotype"
+
 default_cfgs = generate_default_cfgs({
-    f"{spec.name}.{DATASET_TAGS[e['dataset']]}": _pretrained_cfg(spec, e)
-    for spec in MODELS.values() for e in spec.evaluations if DATASET_TAGS[e["dataset"]]
+    **{_tag(spec, e): {**_pretrained_cfg(spec, e), "hf_hub_id": WEIGHTS[_tag(spec, e)].hf_hub_id}
+       for spec in MODELS.values() for e in spec.evaluations},
+    GENOTYPE_MODEL: dict(num_classes=10, first_conv="stem.0", classifier="classifier", **data_config("cifar", "cifar10")),
 })
+
+
+def unpublished_message(name: str, tag: Optional[str]) -> str:
+    """Why ``pretrained=True`` cannot load ``name.tag``, the tags that can, and how to get the weights."""
+    published = [t for t, w in WEIGHTS.items() if w.published]
+    lines = [f"no published weights for {name}.{tag}; "
+             + (f"tags with weights: {', '.join(published)}" if published else "nas-zoo has published none yet")]
+    if name in MODELS:
+        from .convert import family_of
+
+        spec = MODELS[name]
+        lines.append(f"convert the authors' released checkpoint ({spec.genotype.paper.get('code', 'see the paper')}):"
+                     f" nas-zoo convert --from {family_of(spec.genotype)} CHECKPOINT --model {name}.{tag} --out DIR,"
+                     " then timm.create_model('local-dir:DIR', pretrained=True)")
+    lines.append("or pass your own: pretrained_cfg_overlay=dict(file='model.safetensors')")
+    return "; ".join(lines)
+
+
+def _checked_weights(name: str, kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``pretrained_cfg_overlay`` that makes timm load checked weights for ``pretrained=True``.
+
+    The caller's own weights (``file``, ``state_dict``, ``local-dir:``) load as given. Hub weights (the tag's
+    published repository, or ``hf-hub:ORG/REPO``) are downloaded here and their sha256 checked first; an
+    unpublished tag fails before any network access.
+    """
+    from .hub import WeightsError, download_weights
+
+    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+    cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), overlay).to_dict()
+    if cfg.get("state_dict") is not None or cfg.get("file") or cfg.get("source") == "local-dir":
+        return overlay
+    if cfg.get("source") == "hf-hub":
+        hub_id, sha256 = cfg["hf_hub_id"], None
+    else:
+        weights = WEIGHTS.get(f"{name}.{cfg.get('tag')}")
+        if weights is None or not weights.published:
+            raise WeightsError(unpublished_message(name, cfg.get("tag")))
+        hub_id, sha256 = weights.hf_hub_id, weights.sha256
+    return {**overlay, "file": str(download_weights(hub_id, sha256, kwargs.get("cache_dir"))), "source": None}
 
 
 def _create(spec: ModelSpec, pretrained: bool = False, **kwargs) -> nn.Module:
     def build(**model_kwargs) -> nn.Module:
         return spec.build(**model_kwargs)
 
+    if pretrained:
+        kwargs["pretrained_cfg_overlay"] = _checked_weights(spec.name, kwargs)
     with torch.device("meta"):
         num_features = len(spec.build(num_classes=0, layers=kwargs.get("layers")).feature_info)
     return build_model_with_cfg(build, spec.name, pretrained,
@@ -142,6 +212,20 @@ def _register(spec: ModelSpec) -> None:
 
 for _spec in MODELS.values():
     _register(_spec)
+
+
+@register_model
+def nas_genotype(pretrained: bool = False, genotype: Optional[Mapping[str, Any]] = None, network: str = "cifar",
+                 C: int = 36, layers: int = 20, **kwargs) -> nn.Module:
+    """Any genotype record (the format of a genotype file) as a timm model.
+
+    This is the architecture a pushed genotype that is not in the zoo names in its ``config.json``, with the
+    record, network, ``C`` and ``layers`` as ``model_args``, so ``timm.create_model("hf-hub:ORG/REPO")`` builds it.
+    """
+    if genotype is None:
+        raise TypeError(f"{GENOTYPE_MODEL} needs genotype=<a genotype record, as in a genotype file>")
+    (parsed,) = parse_genotypes(dict(genotype), "config.json model_args.genotype").values()
+    return _create(ModelSpec(GENOTYPE_MODEL, parsed, network, C, layers, ()), pretrained, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -12,3 +12,28 @@ def shared_reference() -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent (a fresh clone without ../shared)")
     return path
+
+
+@pytest.fixture
+def loopback_hub(tmp_path, monkeypatch):
+    """A Hub on 127.0.0.1 (tests/loopback_hub.py) that huggingface_hub talks to, with the cache in tmp_path.
+
+    huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE when it is imported, so the fixture sets
+    both the variables (for subprocesses) and the constants read from them (for this process).
+    """
+    from huggingface_hub import constants
+
+    from tests.loopback_hub import LoopbackHub
+
+    with LoopbackHub() as hub:
+        cache = tmp_path / "hf-home" / "hub"
+        for key, value in {"HF_ENDPOINT": hub.url, "HF_HOME": str(cache.parent), "HF_TOKEN": "hf_loopback",
+                           "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        hub.cache = cache
+        yield hub

@@ -1,0 +1,174 @@
+"""``nas-zoo train`` and ``nas-zoo evaluate``: the papers' recipes and the evaluation table."""
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nas_zoo.checkpoint import CheckpointError, find_checkpoint, load_state, load_weights
+from nas_zoo.data import DataSpec, DatasetError, build_dataset
+from nas_zoo.evaluate import device_name, measure_speed, model_figures, reported_figures
+from nas_zoo.genotype import Genotype
+from nas_zoo.recipes import TrainConfig, paper_recipe, read_config_file
+from nas_zoo.summary import family
+from nas_zoo.train import Target, device_for_run, evaluate_loader, make_loader, train, write_atomic
+from nas_zoo.zoo import DATASET_TAGS, find_model
+
+from .app import fail, resolve_genotype
+
+IMAGE_DATASETS = ["cifar10", "cifar100", "imagenet", "folder"]
+
+
+def resolve_target(name: str, dataset: str) -> Target:
+    """A model name, genotype name or genotype file, for ``dataset``: the paper's network for it."""
+    if dataset not in IMAGE_DATASETS:
+        raise fail(f"--dataset {dataset!r} is not one of: {', '.join(IMAGE_DATASETS)}")
+    genotype, model = resolve_genotype(name)
+    lookup = "imagenet" if dataset == "folder" else dataset
+    if model is not None or genotype.source.startswith("genotypes/"):
+        try:
+            spec = find_model(model or genotype.name, lookup)
+            return Target(genotype, spec.network, dataset, spec.name)
+        except KeyError:
+            pass  # not evaluated on this dataset in its paper: use the default network below
+    setting = genotype.evaluation(lookup)
+    network = setting["network"] if setting else ("imagenet" if lookup == "imagenet" else "cifar")
+    return Target(genotype, network, dataset, None)
+
+
+def recipe_for(target: Target) -> TrainConfig:
+    return paper_recipe(target.genotype, family(target.genotype), target.dataset, target.network)
+
+
+def _default_out(target: Target) -> Path:
+    return Path("runs") / f"{target.model_name or target.genotype.name}-{target.dataset}"
+
+
+def train_command(
+    name: str = typer.Argument(..., help="zoo model or genotype name, or a genotype file"),
+    dataset: str = typer.Option(..., help=f"one of {', '.join(IMAGE_DATASETS)}"),
+    data_dir: Path = typer.Option(Path("data"), help="where the dataset lies (standard layouts)"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/NAME-DATASET)"),
+    resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),
+    download: bool = typer.Option(False, help="download CIFAR with torchvision first"),
+    config: Optional[Path] = typer.Option(None, help="JSON file of training fields to override"),
+    epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
+    learning_rate: Optional[float] = typer.Option(None), lr_scheduler: Optional[str] = typer.Option(None),
+    momentum: Optional[float] = typer.Option(None), weight_decay: Optional[float] = typer.Option(None),
+    grad_clip: Optional[float] = typer.Option(None), label_smooth: Optional[float] = typer.Option(None),
+    auxiliary_weight: Optional[float] = typer.Option(None), drop_path_prob: Optional[float] = typer.Option(None),
+    cutout_length: Optional[int] = typer.Option(None), init_channels: Optional[int] = typer.Option(None),
+    layers: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
+    num_workers: Optional[int] = typer.Option(None),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic"),
+) -> None:
+    """Train with the paper's evaluation recipe; every field can be overridden (flags, then --config)."""
+    target = resolve_target(name, dataset)
+    overrides = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lr_scheduler=lr_scheduler,
+                     momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip, label_smooth=label_smooth,
+                     auxiliary_weight=auxiliary_weight, drop_path_prob=drop_path_prob, cutout_length=cutout_length,
+                     init_channels=init_channels, layers=layers, seed=seed, num_workers=num_workers,
+                     deterministic=deterministic)
+    try:
+        recipe = recipe_for(target).override(read_config_file(config)).override(overrides)
+        train(target, recipe, DataSpec(dataset, data_dir, download), out or _default_out(target), resume,
+              log=lambda message: Console(stderr=True).print(message, highlight=False))
+    except (DatasetError, CheckpointError, ValueError, PermissionError, FloatingPointError) as e:
+        raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(f"{e.filename or out}: {e.strerror}") from None
+
+
+def _load_model(target: Target, checkpoint: Optional[Path], pretrained: bool, num_classes: Optional[int]):
+    """The network to evaluate: from a checkpoint (its run's width and depth), the Hub, or as built."""
+    recipe = recipe_for(target)
+    if checkpoint is not None:
+        found = find_checkpoint(checkpoint) if checkpoint.is_dir() else None
+        if found is not None:
+            state = load_state(found)
+            recipe = TrainConfig(**state["config"])
+            num_classes = state.get("num_classes", num_classes)
+        model = target.build(recipe, num_classes)
+        load_weights(found or checkpoint, model)
+        return model
+    if pretrained:
+        if target.model_name is None:
+            raise ValueError(f"{target.genotype.name} has no zoo model for {target.dataset}; pass --checkpoint")
+        import timm
+
+        tag = DATASET_TAGS["imagenet" if target.dataset == "folder" else target.dataset]
+        return timm.create_model(f"{target.model_name}.{tag}", pretrained=True)
+    return target.build(recipe, num_classes)
+
+
+def evaluate_command(
+    name: str = typer.Argument(..., help="zoo model or genotype name, or a genotype file"),
+    dataset: str = typer.Option(..., help=f"one of {', '.join(IMAGE_DATASETS)}"),
+    data_dir: Optional[Path] = typer.Option(None, help="where the dataset lies; omit with --no-accuracy"),
+    checkpoint: Optional[Path] = typer.Option(None, help="a run's checkpoint directory or a .safetensors file"),
+    pretrained: bool = typer.Option(False, help="the published weights of the model (Hub)"),
+    accuracy: bool = typer.Option(True, "--accuracy/--no-accuracy", help="evaluate on the test split"),
+    speed: bool = typer.Option(True, "--speed/--no-speed", help="measure latency (batch 1) and throughput (64)"),
+    fast: bool = typer.Option(False, help="folded batch norm + channels-last for the speed figures"),
+    batch_size: int = typer.Option(128), num_workers: int = typer.Option(2),
+    json_path: Optional[str] = typer.Option(None, "--json", help="write the result as JSON to PATH, or - for stdout"),
+) -> None:
+    """Top-1/top-5 error, loss, params, FLOPs, latency and throughput, next to the paper's figures."""
+    target = resolve_target(name, dataset)
+    device = device_for_run()
+    try:
+        model = _load_model(target, checkpoint, pretrained, None)
+        input_size = tuple(model.pretrained_cfg["input_size"])
+        result = dict(model=target.model_name, genotype=target.genotype.name, network=target.network,
+                      dataset=dataset, checkpoint=str(checkpoint) if checkpoint else None, device=device_name(device),
+                      **model_figures(model, input_size))
+        if accuracy:
+            if data_dir is None:
+                raise DatasetError(f"{dataset}: no --data-dir given; point it at the dataset (or pass --download "
+                                   "to train, or --no-accuracy to measure params, FLOPs and speed only)")
+            test_set = build_dataset(DataSpec(dataset, data_dir), model.pretrained_cfg, train=False)
+            model.to(device)
+            result.update(evaluate_loader(model, make_loader(test_set, batch_size, False, num_workers), device))
+        if speed:
+            result.update(measure_speed(model, input_size, device, fast), fast=fast)
+        result["reported"] = reported_figures(target.genotype, "imagenet" if dataset == "folder" else dataset,
+                                              target.network)
+    except (DatasetError, CheckpointError, ValueError) as e:
+        raise fail(str(e)) from None
+    if json_path == "-":
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    if json_path:
+        try:
+            write_atomic(Path(json_path), json.dumps(result, indent=2) + "\n")
+        except OSError as e:
+            raise fail(f"{json_path}: cannot write the result ({e.strerror})") from None
+    _print_result(result)
+
+
+def _print_result(result: dict) -> None:
+    reported = result["reported"] or {}
+    table = Table(title=f"{result['model'] or result['genotype']} on {result['dataset']} ({result['device']})")
+    table.add_column("")
+    table.add_column("measured", justify="right")
+    table.add_column("reported", justify="right")
+    macs = next(iter(result["flops"].values()))
+
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    rows = [("top-1 error %", result.get("top1_error"), reported.get("test_error", reported.get("top1_error")), ".2f"),
+            ("top-5 error %", result.get("top5_error"), reported.get("top5_error"), ".2f"),
+            ("loss", result.get("loss"), None, ".4f"),
+            ("params (M)", result["params"] / 1e6, reported.get("params_M"), ".3f"),
+            ("mult-adds (M)", macs / 1e6, reported.get("mult_adds_M"), ".1f"),
+            ("latency, batch 1 (ms)", result.get("latency_ms_batch1"), None, ".2f"),
+            ("throughput, batch 64 (img/s)", result.get("throughput_batch64"), None, ".1f")]
+    for label, measured, paper, spec in rows:
+        table.add_row(label, fmt(measured, spec), fmt(paper, spec))
+    Console().print(table)

@@ -1,0 +1,53 @@
+"""Evaluation: accuracy on a dataset, parameters, FLOPs and speed, beside the paper's figures."""
+import platform
+import statistics
+import time
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from .fast import fast_inference
+from .flops import count_flops
+from .summary import count_params
+
+
+@torch.no_grad()
+def measure_speed(model: nn.Module, input_size, device: torch.device, fast: bool = False,
+                  latency_runs: int = 10, throughput_runs: int = 3) -> Dict[str, float]:
+    """Median latency at batch 1 (ms) and median throughput at batch 64 (images/s), in eval mode."""
+    model = (fast_inference(model) if fast else model).eval().to(device)
+    memory_format = torch.channels_last if fast else torch.contiguous_format
+
+    def median_time(batch: int, runs: int) -> float:
+        x = torch.randn(batch, *input_size, device=device).contiguous(memory_format=memory_format)
+        model(x)  # warm-up
+        times = []
+        for _ in range(runs):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    return dict(latency_ms_batch1=1000 * median_time(1, latency_runs),
+                throughput_batch64=64 / median_time(64, throughput_runs))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def model_figures(model: nn.Module, input_size) -> Dict[str, Any]:
+    """Parameters (without the auxiliary head, as the papers count) and FLOPs under each convention."""
+    return dict(params=count_params(model), flops=count_flops(model, input_size).conventions())
+
+
+def reported_figures(genotype, dataset: str, network: str) -> Optional[Dict[str, Any]]:
+    setting = genotype.evaluation(dataset, network)
+    return dict(setting["reported"]) if setting and "reported" in setting else None

@@ -1,0 +1,231 @@
+"""Pretrained weights: nas-zoo's published form, the checked download, the model card and the upload.
+
+Published weights are a folder, on disk or as a Hugging Face Hub model repository, in timm's Hub layout:
+
+* ``model.safetensors``: the network's ``state_dict`` in nas-zoo's layout, without the auxiliary head (a
+  training device that an inference model does not build);
+* ``config.json``: what timm reads (``architecture``, ``num_classes``, ``num_features``, ``global_pool``,
+  ``model_args``, ``pretrained_cfg``) plus the genotype record (``genotype``);
+* ``README.md``: the model card (metrics, provenance, the paper).
+
+After ``import nas_zoo``, ``timm.create_model("hf-hub:ORG/REPO", pretrained=True)`` and
+``timm.create_model("local-dir:DIR", pretrained=True)`` read it. A zoo model's tag with published weights
+(``timm.create_model("gdas_v1.cifar10", pretrained=True)``) downloads them from the repository its genotype
+file names and checks them against the sha256 recorded there; ``hf-hub:`` downloads are checked against the
+sha256 the Hub reports for the file (its LFS etag). A file that fails the check is removed from the cache.
+"""
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .checkpoint import CheckpointError, atomic_directory, load_fitting
+from .zoo import DATASET_TAGS, GENOTYPE_MODEL, MODELS, NUM_CLASSES, ModelSpec, _pretrained_cfg
+
+WEIGHTS_NAME = "model.safetensors"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class WeightsError(CheckpointError):
+    """Weights that are not published, cannot be downloaded, or fail their sha256 check."""
+
+
+def sha256_of(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inference_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``state_dict`` without the auxiliary head (the papers' training-time classifier on cell 2L/3)."""
+    return {k: v for k, v in state_dict.items() if not k.startswith("auxiliary_head.")}
+
+
+def hub_config(model: nn.Module, architecture: str, genotype: Mapping[str, Any], model_args: Mapping[str, Any],
+               pretrained_cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    """``config.json`` for ``model``: timm's Hub fields and the genotype record.
+
+    ``model_args`` are what ``timm.create_model(architecture, **model_args)`` needs beyond the registered
+    defaults (a reduced ``C``/``layers``; the genotype itself for ``nas_genotype``).
+    """
+    keep = ("input_size", "pool_size", "crop_pct", "interpolation", "mean", "std", "first_conv", "classifier",
+            "paper_ids", "paper_name", "origin_url", "notes", "license")
+    cfg = {k: pretrained_cfg[k] for k in keep if pretrained_cfg.get(k) is not None}
+    cfg["num_classes"] = model.num_classes
+    config = {"architecture": architecture, "num_classes": model.num_classes, "num_features": model.num_features,
+              "global_pool": "avg"}
+    if model_args:
+        config["model_args"] = dict(model_args)
+    return {**config, "genotype": dict(genotype), "pretrained_cfg": json.loads(json.dumps(cfg))}
+
+
+def _figure(value: Any, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def model_card(config: Mapping[str, Any], dataset: str, load_as: str, evaluation: Optional[Mapping[str, Any]] = None,
+               source: Optional[str] = None) -> str:
+    """The repository's README.md: what the weights are, how to load them (``load_as``: ``hf-hub:ORG/REPO``),
+    their metrics (from ``nas-zoo evaluate --json`` when given, beside the paper's), where they come from and
+    the paper."""
+    genotype = config["genotype"]
+    paper = genotype.get("paper", {})
+    size = ", ".join(f"{k}={v}" for k, v in config.get("model_args", {}).items() if k != "genotype")
+    title = f"{config['architecture']} ({size})" if size else config["architecture"]
+    of_paper = f" of {paper['title']}" if "title" in paper else ""
+    lines = ["---", "library_name: timm", "tags: [image-classification, timm, nas-zoo, neural-architecture-search]",
+             "license: apache-2.0", "---", "", f"# {title}: {genotype['name']} trained on {dataset}", "",
+             f"The {genotype['name']} cell{of_paper}, built by nas-zoo as a timm model. Load it with:", "",
+             "```python", "import timm, nas_zoo", "", f'model = timm.create_model("{load_as}", pretrained=True)',
+             "```", ""]
+    if evaluation:
+        reported = evaluation.get("reported") or {}
+        params = evaluation.get("params")
+        rows = [("top-1 error %", evaluation.get("top1_error"), reported.get("test_error", reported.get("top1_error")), 2),
+                ("top-5 error %", evaluation.get("top5_error"), reported.get("top5_error"), 2),
+                ("params (M)", params / 1e6 if params is not None else None, reported.get("params_M"), 3)]
+        rows += [(f"mult-adds, {convention} (M)", value / 1e6, None, 1)
+                 for convention, value in (evaluation.get("flops") or {}).items()]
+        rows.append(("latency, batch 1 (ms)", evaluation.get("latency_ms_batch1"), None, 2))
+        device = f" ({evaluation['device']})" if evaluation.get("device") else ""
+        lines += ["## Metrics", "", f"Measured by `nas-zoo evaluate` on {evaluation.get('dataset', dataset)}{device}, "
+                  "beside the paper's figures.", "", "| | measured | paper |", "|---|---|---|"]
+        lines += [f"| {label} | {_figure(measured, digits)} | {_figure(paper_value, digits)} |"
+                  for label, measured, paper_value, digits in rows if measured is not None or paper_value is not None]
+        lines.append("")
+    lines += ["## Provenance", ""]
+    if source:
+        lines.append(f"* weights: {source}")
+    provenance = genotype.get("provenance", {})
+    if provenance:
+        lines.append("* genotype: " + ", ".join(f"{k} {v}" for k, v in provenance.items()))
+    lines += ["* the genotype record is `config.json`'s `genotype`; the auxiliary head is not included", ""]
+    if paper:
+        arxiv = f" [arXiv:{paper['arxiv']}](https://arxiv.org/abs/{paper['arxiv']})" if "arxiv" in paper else ""
+        code = f" Code: {paper['code']}" if "code" in paper else ""
+        lines += ["## Paper", "", f"{paper.get('authors', '')}. *{paper.get('title', '')}*. "
+                  f"{paper.get('venue', '')}.{arxiv}{code}", ""]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a weights folder holds: a zoo model (or any genotype, as ``nas_genotype``) at a size, trained on
+    a dataset."""
+
+    spec: ModelSpec
+    dataset: str
+
+    @classmethod
+    def of(cls, spec: ModelSpec, dataset: Optional[str] = None, num_classes: Optional[int] = None,
+           C: Optional[int] = None, layers: Optional[int] = None) -> "Target":
+        """``spec`` at ``C``/``layers`` (its paper size by default), on ``dataset`` (else the dataset with
+        ``num_classes`` classes among the model's, else its first)."""
+        datasets = spec.datasets or list(NUM_CLASSES)
+        if dataset is None:
+            dataset = next((d for d in datasets if NUM_CLASSES[d] == num_classes), datasets[0])
+        return cls(ModelSpec(spec.name, spec.genotype, spec.network, C or spec.C, layers or spec.layers,
+                             spec.evaluations), dataset)
+
+    @property
+    def tag(self) -> str:
+        return DATASET_TAGS[self.dataset]
+
+    @property
+    def in_zoo(self) -> bool:
+        return self.spec.name in MODELS
+
+    def model_args(self) -> Dict[str, Any]:
+        """What ``timm.create_model`` needs beyond the registered model's defaults."""
+        spec = self.spec
+        if not self.in_zoo:
+            return {"genotype": spec.genotype.to_dict(), "network": spec.network, "C": spec.C, "layers": spec.layers}
+        paper = MODELS[spec.name]
+        return {k: v for k, v in (("C", spec.C), ("layers", spec.layers)) if v != getattr(paper, k)}
+
+    def create(self, **kwargs) -> nn.Module:
+        import timm
+
+        name = f"{self.spec.name}.{self.tag}" if self.in_zoo else GENOTYPE_MODEL
+        return timm.create_model(name, **self.model_args(), **kwargs)
+
+
+def save_pretrained(directory, target: Target, state_dict: Mapping[str, torch.Tensor], load_as: str,
+                    evaluation: Optional[Mapping[str, Any]] = None, source: Optional[str] = None) -> Path:
+    """Publish-ready folder for ``state_dict`` (nas-zoo's layout) as ``target``: checked to fit it exactly,
+    the auxiliary head left out. ``load_as`` is the ``timm.create_model`` name the card shows."""
+    if "classifier.weight" not in state_dict:
+        raise CheckpointError(f"{source or 'the checkpoint'}: no classifier.weight; not a classification network's weights")
+    auxiliary = any(k.startswith("auxiliary_head.") for k in state_dict)
+    model = target.create(num_classes=state_dict["classifier.weight"].shape[0], auxiliary=auxiliary)
+    load_fitting(dict(state_dict), model, source or "the checkpoint")
+    if auxiliary:
+        model = target.create(num_classes=model.num_classes)
+        model.load_state_dict(inference_state_dict(state_dict))
+    pretrained_cfg = _pretrained_cfg(target.spec, {"dataset": target.dataset})
+    config = hub_config(model, target.spec.name, target.spec.genotype.to_dict(), target.model_args(), pretrained_cfg)
+    card = model_card(config, target.dataset, load_as, evaluation, source)
+    return write_pretrained(directory, model, config, card)
+
+
+def write_pretrained(directory, model: nn.Module, config: Mapping[str, Any], card: str) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` into ``directory``, atomically."""
+    with atomic_directory(directory) as tmp:
+        weights = {k: v.detach().contiguous().cpu() for k, v in inference_state_dict(model.state_dict()).items()}
+        save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "README.md").write_text(card)
+    return Path(directory)
+
+
+def download_weights(hub_id: str, sha256: Optional[str] = None, cache_dir=None) -> Path:
+    """``model.safetensors`` of ``hub_id`` (``ORG/REPO[@REVISION]``) from the Hub cache, downloading it if needed.
+
+    The file must hash to ``sha256`` (the registry's) or, without one, to the sha256 the Hub names it by.
+    A file that does not is removed from the cache and a WeightsError says so. ``HF_HUB_OFFLINE=1`` serves
+    the cached file (checked the same way) without touching the network.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id, _, revision = hub_id.partition("@")
+    try:
+        path = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision or None, cache_dir=cache_dir,
+                                    library_name="nas-zoo"))
+    except LocalEntryNotFoundError as e:
+        raise WeightsError(f"{hub_id}: {WEIGHTS_NAME} is not in the cache and the Hub cannot be reached ({e})") from None
+    except (HfHubHTTPError, OSError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{hub_id}: downloading {WEIGHTS_NAME} failed: {first_line}") from None
+    blob = path.resolve()
+    expected = sha256 or (blob.name if _SHA256.fullmatch(blob.name) else None)
+    if expected is None:
+        raise WeightsError(f"{hub_id}: the Hub gives no sha256 for {WEIGHTS_NAME} (not an LFS file), so it cannot "
+                           "be checked; record its sha256 in the genotype file's \"weights\"")
+    actual = sha256_of(blob)
+    if actual != expected:
+        for bad in {path, blob}:
+            bad.unlink(missing_ok=True)
+        raise WeightsError(f"{hub_id}: {WEIGHTS_NAME} fails its sha256 check (expected {expected}, got {actual}): "
+                           "the download is corrupted or truncated; it was removed from the cache, so a retry "
+                           "downloads it again")
+    return path
+
+
+def push_folder(directory, repo_id: str, private: bool = False, token: Optional[str] = None) -> str:
+    """Create ``repo_id`` on the Hub (if new) and upload ``directory``; the token comes from ``token``, else
+    ``HF_TOKEN`` or ``huggingface-cli login``. Returns the commit's URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token, library_name="nas-zoo")
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(directory), commit_message="Upload nas-zoo weights")
+    return commit.commit_url

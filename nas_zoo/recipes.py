@@ -1,0 +1,119 @@
+"""The papers' evaluation (re-training) recipes, as their training scripts set them.
+
+CIFAR: DARTS ``cnn/train.py`` (and the copies in GDAS, P-DARTS, PC-DARTS, EDNAS, BNASv2 ``train_b.py``);
+ImageNet: DARTS ``cnn/train_imagenet.py``, P-DARTS / PC-DARTS ``train_imagenet.py`` (linear schedule,
+PC-DARTS's 5-epoch warm-up for batches over 256), BNASv2 ``train_imagenet_b.py``. ``networks.md`` in the
+project's reference notes lists the sources. Every field can be overridden from the CLI or a JSON file.
+"""
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from .genotype import Genotype
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Names follow the original scripts' flags (``--batch_size`` -> ``batch_size``)."""
+
+    epochs: int = 600
+    batch_size: int = 96
+    learning_rate: float = 0.025
+    lr_scheduler: str = "cosine"  # cosine | step (x gamma every decay_period epochs) | linear
+    gamma: float = 0.97
+    decay_period: int = 1
+    warmup_epochs: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    label_smooth: float = 0.0
+    auxiliary_weight: float = 0.4  # 0 trains without the auxiliary head
+    drop_path_prob: float = 0.2
+    cutout_length: int = 16  # 0 disables cutout
+    init_channels: int = 36
+    layers: int = 20
+    seed: int = 0
+    num_workers: int = 2
+    deterministic: bool = False
+
+    def __post_init__(self):
+        if self.lr_scheduler not in ("cosine", "step", "linear"):
+            raise ValueError(f"lr_scheduler must be cosine, step or linear, got {self.lr_scheduler!r}")
+        for name in ("epochs", "batch_size", "init_channels", "layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of ``epoch`` (0-based), set at its start as the original scripts do."""
+        lr0 = self.learning_rate
+        if epoch < self.warmup_epochs:
+            return lr0 * (epoch + 1) / self.warmup_epochs
+        if self.lr_scheduler == "cosine":  # CosineAnnealingLR(optimizer, epochs), eta_min 0
+            return 0.5 * lr0 * (1 + math.cos(math.pi * epoch / self.epochs))
+        if self.lr_scheduler == "step":  # StepLR(decay_period, gamma)
+            return lr0 * self.gamma ** (epoch // self.decay_period)
+        # P-DARTS / PC-DARTS adjust_lr: linear to zero, with a smaller slope over the last 5 epochs
+        if self.epochs - epoch > 5:
+            return lr0 * (self.epochs - 5 - epoch) / max(1, self.epochs - 5)
+        return lr0 * (self.epochs - epoch) / (max(1, self.epochs - 5) * 5)
+
+    def override(self, values: Mapping[str, Any]) -> "TrainConfig":
+        """A copy with ``values`` set (None values are ignored); unknown names are an error."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+CIFAR = dict(epochs=600, batch_size=96, learning_rate=0.025, lr_scheduler="cosine", weight_decay=3e-4,
+             label_smooth=0.0, cutout_length=16, init_channels=36, layers=20, auxiliary_weight=0.4)
+IMAGENET = dict(epochs=250, batch_size=128, learning_rate=0.1, lr_scheduler="step", gamma=0.97, weight_decay=3e-5,
+                label_smooth=0.1, cutout_length=0, init_channels=48, layers=14, auxiliary_weight=0.4,
+                drop_path_prob=0.0)
+#: Per paper family: changes to the CIFAR and ImageNet recipes above.
+RECIPES = {
+    "darts": {"cifar": dict(drop_path_prob=0.2), "imagenet": {}},
+    "gdas": {"cifar": dict(drop_path_prob=0.2), "imagenet": {}},
+    "pdarts": {"cifar": dict(batch_size=128, drop_path_prob=0.3),
+               "imagenet": dict(batch_size=256, lr_scheduler="linear")},
+    "pc_darts": {"cifar": dict(batch_size=128, drop_path_prob=0.3),
+                 "imagenet": dict(batch_size=1024, learning_rate=0.5, lr_scheduler="linear", warmup_epochs=5)},
+    "ednas": {"cifar": dict(batch_size=128, drop_path_prob=0.2), "imagenet": dict(batch_size=200)},
+    "bnasv2": {"cifar": dict(batch_size=128, drop_path_prob=0.3, auxiliary_weight=0.0, init_channels=48, layers=6),
+               "imagenet": dict(batch_size=256, lr_scheduler="cosine", auxiliary_weight=0.0, init_channels=44,
+                                layers=6)},
+}
+
+
+def paper_recipe(genotype: Genotype, family: str, dataset: str, network: str) -> TrainConfig:
+    """The paper's recipe for ``genotype`` on ``dataset``; its evaluation setting fixes C, layers, drop path."""
+    imagenet = dataset in ("imagenet", "folder") and network.endswith("imagenet")
+    base = dict(IMAGENET if imagenet else CIFAR)
+    base.update(RECIPES.get(family, RECIPES["darts"])["imagenet" if imagenet else "cifar"])
+    setting = genotype.evaluation(dataset, network) or {}
+    for key, field_name in (("C", "init_channels"), ("layers", "layers"), ("drop_path", "drop_path_prob"),
+                            ("auxiliary_weight", "auxiliary_weight")):
+        if key in setting:
+            base[field_name] = setting[key]
+    return TrainConfig(**base)
+
+
+def read_config_file(path: Optional[Path]) -> Dict[str, Any]:
+    """Overrides from a JSON file of TrainConfig fields (``{"epochs": 50, "batch_size": 64}``)."""
+    if path is None:
+        return {}
+    try:
+        values = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object of training fields")
+    return {k.replace("-", "_"): v for k, v in values.items()}
