@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nas_zoo.genotype import DATASETS, Genotype, GenotypeError, get_genotype, load_genotype
-from nas_zoo.summary import genotype_info, zoo_rows
+from nas_zoo.genotype import DATASETS, Genotype, GenotypeError, RecurrentGenotype, get_genotype, load_genotype
+from nas_zoo.summary import genotype_info, language_model_rows, zoo_rows
 from nas_zoo.zoo import find_model
 
 app = typer.Typer(help="DARTS-family searched architectures: list, inspect, build.", no_args_is_help=True,
@@ -57,11 +57,13 @@ def list_command(
     _choice(family, FAMILIES, "--family")
     _choice(dataset, list(DATASETS), "--dataset")
     _choice(task, ["cnn", "rnn"], "--task")
-    rows = [] if task == "rnn" else zoo_rows(family, dataset)
+    rows = ([] if task == "rnn" else zoo_rows(family, dataset)) + ([] if task == "cnn" else
+                                                                    language_model_rows(family, dataset))
     if as_json:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
+    lm_rows, rows = [r for r in rows if r["task"] == "rnn"], [r for r in rows if r["task"] == "cnn"]
     table = Table(title=f"nas-zoo: {len(rows)} model evaluations")
     for column in ("model", "genotype", "family", "task", "network (C/cells)", "params M", "reported M",
                    "reported error %", "search GPU-days"):
@@ -71,9 +73,22 @@ def list_command(
         table.add_row(row["model"], row["genotype"], row["family"], row["task"],
                       f"{row['network']} ({row['C']}/{row['layers']})", f"{row['params'] / 1e6:.2f}",
                       _fmt(row["reported_params_M"], 1), _fmt(row["reported_error"]), _fmt(cost))
-    console.print(table)
-    if task == "rnn":
-        console.print("No recurrent cells are in the zoo yet.")
+    if rows or task == "cnn":
+        console.print(table)
+    if lm_rows or task == "rnn":
+        console.print(_language_model_table(lm_rows, f"nas-zoo: {len(lm_rows)} language models"))
+
+
+def _language_model_table(rows, title: Optional[str] = None) -> Table:
+    table = Table(title=title)
+    for column in ("model", "genotype", "family", "dataset", "units", "vocabulary", "params M", "reported M",
+                   "reported valid ppl", "reported test ppl", "search GPU-days"):
+        table.add_column(column, justify="left" if column in ("model", "genotype", "family", "dataset") else "right")
+    for row in rows:
+        table.add_row(row["model"] or "-", row["genotype"], row["family"], row["dataset"], str(row["nhid"]),
+                      str(row["ntoken"]), f"{row['params'] / 1e6:.3f}", _fmt(row["reported_params_M"], 1),
+                      _fmt(row["reported_val_ppl"]), _fmt(row["reported_test_ppl"]), _fmt(row["search_cost_gpu_days"]))
+    return table
 
 
 def _cell_text(edges, concat) -> str:
@@ -93,7 +108,7 @@ def info_command(
     genotype, model = resolve_genotype(name)
     info = genotype_info(genotype)
     if model is not None:
-        info["networks"] = [n for n in info["networks"] if n["model"] == model]
+        info["networks"] = [n for n in info["networks"] if (n["model"] or "").split(".")[0] == model]
     if as_json:
         json.dump(info, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -109,6 +124,12 @@ def info_command(
         console.print("provenance: " + ", ".join(f"{k} {v}" for k, v in provenance.items()), highlight=False)
     if genotype.note:
         console.print(f"note: {genotype.note}", highlight=False)
+    if isinstance(genotype, RecurrentGenotype):
+        steps = "  ".join(f"s{i + 1}={act}(s{pred})" for i, (act, pred) in enumerate(genotype.recurrent))
+        console.print(f"recurrent: s0=highway(x_t, h_t-1)  {steps}  h_t=mean of {list(genotype.concat)}",
+                      highlight=False)
+        console.print(_language_model_table(info["networks"]))
+        return
     console.print(f"normal: {_cell_text(genotype.normal, genotype.normal_concat)}", highlight=False)
     console.print(f"reduce: {_cell_text(genotype.reduce, genotype.reduce_concat)}", highlight=False)
     table = Table()
@@ -126,6 +147,12 @@ def info_command(
                           _fmt(reported.get("test_error", reported.get("top1_error"))),
                           _fmt(reported.get("search_cost_gpu_days")))
     console.print(table)
+
+
+from nas_zoo.cli import lm  # noqa: E402 - after fail(), which it uses
+
+app.command("train-lm")(lm.train_command)  # temporary: folded into `train --dataset ptb|wt2`
+app.command("evaluate-lm")(lm.evaluate_command)  # temporary: folded into `evaluate --dataset ptb|wt2`
 
 
 def main() -> None:

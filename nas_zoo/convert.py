@@ -33,11 +33,13 @@ _BNAS_RULES = _DARTS_RULES + [
     (r"^restricted_ens_gap\.", "enhancement_outputs."),
     (r"^restricted_convs_gap\.(\d+)\.", r"taps.\1.0."), (r"^restricted_convs_en\.(\d+)\.", r"enhancement_inputs.\1.0."),
 ]
+# The DARTS language model (rnn/model.py; GDAS lib/nas_rnn, EDNAS PTB): its decoder.weight is the embedding.
+_RNN_RULES = [(r"^rnns\.0\.", "cell."), (r"^decoder\.bias$", "decoder_bias")]
 # The code family of each paper file: the repository whose layout its released checkpoints have.
 _FILE_FAMILIES = {"darts": "darts", "pdarts": "pdarts", "pc_darts": "pc-darts", "ednas": "ednas", "gdas": "gdas",
                   "bnasv2": "bnas"}
 FAMILIES = {"darts": _DARTS_RULES, "pdarts": _DARTS_RULES, "pc-darts": _DARTS_RULES, "ednas": _DARTS_RULES,
-            "gdas": _GDAS_RULES, "bnas": _BNAS_RULES}
+            "gdas": _GDAS_RULES, "bnas": _BNAS_RULES, "darts_rnn": _RNN_RULES}
 
 
 def _bnas_reduction_order(num_branches: int) -> List[Tuple[int, int]]:
@@ -68,6 +70,8 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], family: str, model: 
                       "reduction_convs_en": ("enhancement_inputs", _bnas_reduction_order(len(model.enhancement_inputs))[0])}
     converted = {}
     for key, tensor in state_dict.items():
+        if family == "darts_rnn" and key == "decoder.weight":
+            continue  # tied to encoder.weight
         new = key
         for pattern, replacement in rules:
             new = re.sub(pattern, replacement, new)

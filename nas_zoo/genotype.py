@@ -10,6 +10,10 @@ A genotype file is JSON. A *paper file* (``genotypes/*.json``) holds several gen
 A *genotype file* (what users write and ``nas-zoo search`` emits) is one genotype record with a ``name``.
 Edges are ``[operation, input]`` pairs, two per intermediate node: input 0 and 1 are the cell's inputs
 (cells k-2 and k-1), input j >= 2 is node j-2. ``"reduce": null`` selects GDAS's fixed reduction cell.
+
+A record with a ``"recurrent"`` key is a recurrent cell (DARTS Sec. 2.1): ``[activation, predecessor]``
+steps, where state 0 is computed from x_t and h_{t-1} and step i (0-based) makes state i+1 from any earlier
+state; the cell's output is the mean of the states in ``concat``.
 """
 import difflib
 import json
@@ -24,7 +28,10 @@ from .ops import OPS
 
 Edge = Tuple[str, int]
 
-DATASETS = ("cifar10", "cifar100", "imagenet")
+IMAGE_DATASETS = ("cifar10", "cifar100", "imagenet")
+TEXT_DATASETS = ("ptb", "wt2")  # word-level Penn Treebank, WikiText-2
+DATASETS = IMAGE_DATASETS + TEXT_DATASETS
+ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")
 NETWORKS = ("cifar", "imagenet", "bcnn", "bcnn_imagenet")
 NETWORK_OPTIONS = {"pool_bn": bool, "auxiliary_last_bn": bool}
 # What an evaluation setting may hold, with the check each value must pass.
@@ -37,15 +44,25 @@ SETTING_FIELDS = {
     "auxiliary_weight": (float, "a number >= 0"),
     "drop_path": (float, "a probability in [0, 1)"),
     "reported": (dict, "an object of figures"),
+    # Recurrent cells: the language model's width and the paper's training recipe where it departs from
+    # the DARTS defaults (nas_zoo.lm.TrainConfig).
+    "nhid": (int, "a positive integer"),
+    "epochs": (int, "a positive integer"),
+    "wdecay": (float, "a number >= 0"),
+    **{key: (float, "a probability in [0, 1)") for key in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute")},
     "weights": (dict, 'an object {"hf_hub_id": "ORG/REPO", "sha256": "<64 hex digits>", "published": true|false}; '
                       "published weights need their sha256"),
 }
 RECORD_FIELDS = {"name", "normal", "normal_concat", "reduce", "reduce_concat", "provenance", "evaluations",
                  "note", "paper", "network_options", "search"}
+RECURRENT_FIELDS = {"name", "recurrent", "concat", "provenance", "evaluations", "note", "paper", "search"}
 
 
 class GenotypeError(ValueError):
     """A malformed genotype: the message names the file, the entry, the field and the reason."""
+
+
+AnyGenotype = Union["Genotype", "RecurrentGenotype"]
 
 
 class UnknownNameError(KeyError):
@@ -118,14 +135,50 @@ class Genotype:
                   "normal_concat": list(self.normal_concat),
                   "reduce": None if self.reduce is None else [list(e) for e in self.reduce],
                   "reduce_concat": list(self.reduce_concat)}
-        for key in ("paper", "provenance", "network_options"):
-            if getattr(self, key):
-                record[key] = thaw(getattr(self, key))
-        if self.evaluations:
-            record["evaluations"] = thaw(self.evaluations)
-        if self.note:
-            record["note"] = self.note
-        return record
+        return _with_metadata(self, record)
+
+
+def _with_metadata(genotype: AnyGenotype, record: Dict[str, Any]) -> Dict[str, Any]:
+    for key in ("paper", "provenance", "network_options"):
+        if getattr(genotype, key, None):
+            record[key] = thaw(getattr(genotype, key))
+    if genotype.evaluations:
+        record["evaluations"] = thaw(genotype.evaluations)
+    if genotype.note:
+        record["note"] = genotype.note
+    return record
+
+
+@dataclass(frozen=True)
+class RecurrentGenotype:
+    """A recurrent cell (DARTS Sec. 2.1): ``(activation, predecessor)`` steps and the states averaged.
+
+    Equality and hashing look at the architecture alone, not at the metadata.
+    """
+
+    name: str
+    recurrent: Tuple[Edge, ...]
+    concat: Tuple[int, ...]
+    paper: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    provenance: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    evaluations: Tuple[Mapping[str, Any], ...] = field(default=(), compare=False, repr=False)
+    note: str = field(default="", compare=False, repr=False)
+    source: str = field(default="", compare=False, repr=False)
+
+    def evaluation(self, dataset: str) -> Optional[Mapping[str, Any]]:
+        """The paper's first evaluation setting on ``dataset`` (``"ptb"``, ``"wt2"``), if any."""
+        return next((setting for setting in self.evaluations if setting["dataset"] == dataset), None)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A genotype-file record (JSON-ready); ``load_genotype`` reads it back to an equal genotype."""
+        record = {"name": self.name, "recurrent": [list(e) for e in self.recurrent], "concat": list(self.concat)}
+        return _with_metadata(self, record)
+
+
+def _is_pair(item: Any) -> bool:
+    """A ``[name, index]`` pair: a string and a (non-boolean) integer."""
+    return (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int)
+            and not isinstance(item[1], bool))
 
 
 def _valid_weights(weights: Mapping) -> bool:
@@ -148,17 +201,19 @@ class _Checker:
     def fail(self, where: str, reason: str) -> GenotypeError:
         return GenotypeError(f"{self.source}: genotype {self.entry!r}, field {where!r}: {reason}")
 
+    def pairs(self, items: List[Any], key: str, shape: str):
+        """(position, field name, pair) for each item, which must be a [name, index] pair."""
+        for k, item in enumerate(items):
+            if not _is_pair(item):
+                raise self.fail(f"{key}[{k}]", f"expected {shape}, got {json.dumps(item)}")
+            yield k, f"{key}[{k}]", item
+
     def edges(self, record: Mapping, key: str) -> Tuple[Edge, ...]:
         edges = record.get(key)
         if not isinstance(edges, list) or not edges or len(edges) % 2:
             raise self.fail(key, "expected a non-empty list with two [operation, input] pairs per node")
         checked = []
-        for k, edge in enumerate(edges):
-            where = f"{key}[{k}]"
-            if not (isinstance(edge, list) and len(edge) == 2 and isinstance(edge[0], str)
-                    and isinstance(edge[1], int) and not isinstance(edge[1], bool)):
-                raise self.fail(where, f"expected [operation, input], got {json.dumps(edge)}")
-            op, index = edge
+        for k, where, (op, index) in self.pairs(edges, key, "[operation, input]"):
             if op not in OPS or op == "none":
                 close = difflib.get_close_matches(op, OPS, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -169,14 +224,29 @@ class _Checker:
             checked.append((op, index))
         return tuple(checked)
 
-    def concat(self, record: Mapping, key: str, num_nodes: int) -> Tuple[int, ...]:
-        concat = record.get(key, list(range(2, num_nodes + 2)))
+    def steps(self, record: Mapping) -> Tuple[Edge, ...]:
+        steps = record.get("recurrent")
+        if not isinstance(steps, list) or not steps:
+            raise self.fail("recurrent", "expected a non-empty list of [activation, predecessor] steps")
+        checked = []
+        for i, where, (activation, pred) in self.pairs(steps, "recurrent", "[activation, predecessor]"):
+            if activation not in ACTIVATIONS:
+                raise self.fail(where, f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
+            if not 0 <= pred <= i:
+                raise self.fail(where, f"predecessor {pred} does not exist yet for step {i} (allowed 0..{i})")
+            checked.append((activation, pred))
+        return tuple(checked)
+
+    def concat(self, record: Mapping, key: str, num_nodes: int, first: int = 2) -> Tuple[int, ...]:
+        concat = record.get(key, list(range(first, num_nodes + first)))
         if not (isinstance(concat, list) and concat and all(isinstance(i, int) and not isinstance(i, bool)
                                                             for i in concat)):
             raise self.fail(key, "expected a non-empty list of state indices")
-        bad = [i for i in concat if not 0 <= i < num_nodes + 2]
+        bad = [i for i in concat if not 0 <= i < num_nodes + first]
         if bad:
-            raise self.fail(key, f"state {bad[0]} does not exist (a cell with {num_nodes} nodes has states 0..{num_nodes + 1})")
+            nodes = "nodes" if first == 2 else "steps"
+            raise self.fail(key, f"state {bad[0]} does not exist (a cell with {num_nodes} {nodes} has states "
+                                 f"0..{num_nodes + first - 1})")
         return tuple(concat)
 
     def setting(self, setting: Any, where: str) -> Dict[str, Any]:
@@ -193,17 +263,53 @@ class _Checker:
                 "dataset": lambda v: v in DATASETS, "network": lambda v: v in NETWORKS,
                 "C": lambda v: v > 0 and v % 2 == 0, "layers": lambda v: v > 0,
                 "auxiliary_weight": lambda v: v >= 0, "drop_path": lambda v: 0 <= v < 1, "weights": _valid_weights,
-            }.get(key, lambda v: True)(value)
+                "nhid": lambda v: v > 0, "epochs": lambda v: v > 0, "wdecay": lambda v: v >= 0,
+            }.get(key, (lambda v: 0 <= v < 1) if key.startswith("dropout") else (lambda v: True))(value)
             if not ok:
                 raise self.fail(f"{where}.{key}", f"expected {expected}, got {json.dumps(value)}")
         return dict(setting)
 
 
+def _evaluations(check: _Checker, record: Mapping, defaults: Mapping[str, Mapping], datasets: Tuple[str, ...],
+                 required: Tuple[str, ...]) -> List[Dict[str, Any]]:
+    """The record's evaluation settings over the file's ``evaluation_defaults``, validated."""
+    evaluations = []
+    for k, setting in enumerate(record.get("evaluations", [])):
+        where = f"evaluations[{k}]"
+        setting = check.setting(setting, where)
+        if setting.get("dataset") not in datasets:
+            problem = "missing" if "dataset" not in setting else f"{setting['dataset']!r} is not for this kind of cell"
+            raise check.fail(f"{where}.dataset", f"{problem}; expected one of {', '.join(datasets)}")
+        merged = {**defaults.get(setting["dataset"], {}), **setting}
+        missing = [key for key in required if key not in merged]
+        if missing:
+            raise check.fail(f"{where}.{missing[0]}", "missing, and no evaluation default gives it")
+        evaluations.append(merged)
+    return evaluations
+
+
+def _parse_recurrent(name: str, record: Mapping, source: str, paper: Mapping,
+                     defaults: Mapping[str, Mapping]) -> RecurrentGenotype:
+    check = _Checker(source, name)
+    unknown = set(record) - RECURRENT_FIELDS
+    if unknown:
+        raise check.fail(sorted(unknown)[0], f"unknown field for a recurrent cell; expected some of "
+                                             f"{', '.join(sorted(RECURRENT_FIELDS))}")
+    steps = check.steps(record)
+    return RecurrentGenotype(
+        name=name, recurrent=steps, concat=check.concat(record, "concat", len(steps), first=1),
+        paper=_freeze(record.get("paper", paper)), provenance=_freeze(record.get("provenance", {})),
+        evaluations=_freeze(_evaluations(check, record, defaults, TEXT_DATASETS, ())),
+        note=record.get("note", ""), source=source)
+
+
 def _parse_record(name: str, record: Any, source: str, paper: Mapping, network_options: Mapping,
-                  defaults: Mapping[str, Mapping]) -> Genotype:
+                  defaults: Mapping[str, Mapping]) -> AnyGenotype:
     check = _Checker(source, name)
     if not isinstance(record, Mapping):
         raise check.fail("", "expected an object")
+    if "recurrent" in record:
+        return _parse_recurrent(name, record, source, paper, defaults)
     unknown = set(record) - RECORD_FIELDS
     if unknown:
         raise check.fail(sorted(unknown)[0], f"unknown field; expected some of {', '.join(sorted(RECORD_FIELDS))}")
@@ -213,17 +319,7 @@ def _parse_record(name: str, record: Any, source: str, paper: Mapping, network_o
     for key, value in options.items():
         if key not in NETWORK_OPTIONS or not isinstance(value, NETWORK_OPTIONS[key]):
             raise check.fail(f"network_options.{key}", f"expected one of {', '.join(NETWORK_OPTIONS)} (booleans)")
-    evaluations = []
-    for k, setting in enumerate(record.get("evaluations", [])):
-        where = f"evaluations[{k}]"
-        setting = check.setting(setting, where)
-        if "dataset" not in setting:
-            raise check.fail(f"{where}.dataset", f"missing; expected one of {', '.join(DATASETS)}")
-        merged = {**defaults.get(setting["dataset"], {}), **setting}
-        missing = [key for key in ("network", "C", "layers") if key not in merged]
-        if missing:
-            raise check.fail(f"{where}.{missing[0]}", "missing, and no evaluation default gives it")
-        evaluations.append(merged)
+    evaluations = _evaluations(check, record, defaults, IMAGE_DATASETS, ("network", "C", "layers"))
     return Genotype(
         name=name, normal=normal, normal_concat=check.concat(record, "normal_concat", len(normal) // 2),
         reduce=reduce,
@@ -233,7 +329,7 @@ def _parse_record(name: str, record: Any, source: str, paper: Mapping, network_o
         source=source)
 
 
-def parse_genotypes(data: Any, source: str) -> Dict[str, Genotype]:
+def parse_genotypes(data: Any, source: str) -> Dict[str, AnyGenotype]:
     """Every genotype in a decoded genotype file (a paper file or a single record)."""
     if not isinstance(data, Mapping):
         raise GenotypeError(f"{source}: expected a JSON object at the top level")
@@ -263,12 +359,12 @@ def _read_json(path: Union[str, os.PathLike], text: Optional[str] = None) -> Any
         raise GenotypeError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
 
 
-def load_genotypes(path: Union[str, os.PathLike]) -> Dict[str, Genotype]:
+def load_genotypes(path: Union[str, os.PathLike]) -> Dict[str, AnyGenotype]:
     """Every genotype in the file at ``path``, validated."""
     return parse_genotypes(_read_json(path), str(path))
 
 
-def load_genotype(path: Union[str, os.PathLike], name: Optional[str] = None) -> Genotype:
+def load_genotype(path: Union[str, os.PathLike], name: Optional[str] = None) -> AnyGenotype:
     """The genotype in the file at ``path`` (``name`` picks one when the file holds several)."""
     genotypes = load_genotypes(path)
     if name is None:
@@ -280,7 +376,7 @@ def load_genotype(path: Union[str, os.PathLike], name: Optional[str] = None) -> 
     return genotypes[name]
 
 
-def save_genotype(genotype: Genotype, path: Union[str, os.PathLike]) -> None:
+def save_genotype(genotype: AnyGenotype, path: Union[str, os.PathLike]) -> None:
     """Write ``genotype`` as a genotype file, atomically (a temp file renamed over the target)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -291,10 +387,10 @@ def save_genotype(genotype: Genotype, path: Union[str, os.PathLike]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-_REGISTRY: Dict[str, Genotype] = {}
+_REGISTRY: Dict[str, AnyGenotype] = {}
 
 
-def _registry() -> Dict[str, Genotype]:
+def _registry() -> Dict[str, AnyGenotype]:
     if not _REGISTRY:
         for entry in sorted(resources.files("nas_zoo.genotypes").iterdir(), key=lambda e: e.name):
             if entry.name.endswith(".json"):
@@ -311,8 +407,8 @@ def list_genotypes() -> List[str]:
     return list(_registry())
 
 
-def get_genotype(name: str) -> Genotype:
-    """A published genotype by name (case-insensitive), e.g. ``"GDAS_V1"``."""
+def get_genotype(name: str) -> AnyGenotype:
+    """A published genotype by name (case-insensitive), e.g. ``"GDAS_V1"`` or ``"DARTS_V2_RNN"``."""
     registry = _registry()
     by_lower = {k.lower(): k for k in registry}
     if name.lower() not in by_lower:

@@ -2,15 +2,18 @@
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import torch
+
 from .flops import count_flops
-from .genotype import Genotype, thaw
+from .genotype import TEXT_DATASETS, AnyGenotype, RecurrentGenotype, thaw
 from .networks import NETWORK_DEFAULTS, build_network
-from .zoo import DATASET_TAGS, MODELS, NUM_CLASSES
+from .rnn import MODEL_FIELDS, RNNModel, paper_setting
+from .zoo import DATASET_TAGS, LM_MODELS, MODELS, NUM_CLASSES
 
 TEST_ERROR_KEYS = ("test_error", "top1_error")
 
 
-def family(genotype: Genotype) -> str:
+def family(genotype: AnyGenotype) -> str:
     """The paper family of a zoo genotype (its file's name), or "user" for a genotype file of one's own."""
     return Path(genotype.source).stem if genotype.source.startswith("genotypes/") else "user"
 
@@ -45,6 +48,26 @@ def zoo_rows(family_name: Optional[str] = None, dataset: Optional[str] = None) -
     return rows
 
 
+def _language_model_row(name: Optional[str], genotype: RecurrentGenotype, dataset: str) -> Dict[str, Any]:
+    setting = paper_setting(genotype, dataset)
+    with torch.device("meta"):
+        model = RNNModel(genotype, **{k: setting[k] for k in MODEL_FIELDS})
+    reported = (genotype.evaluation(dataset) or {}).get("reported", {})
+    return dict(
+        model=name and f"{name}.{dataset}", genotype=genotype.name, family=family(genotype),
+        paper=genotype.paper.get("title"), task="rnn", dataset=dataset, network="rnn", nhid=setting["nhid"],
+        ntoken=setting["ntoken"], params=sum(p.numel() for p in model.parameters()),
+        reported_params_M=reported.get("params_M"), reported_val_ppl=reported.get("val_ppl"),
+        reported_test_ppl=reported.get("test_ppl"), search_cost_gpu_days=reported.get("search_cost_gpu_days"),
+        setting={k: v for k, v in setting.items() if k != "dataset"}, reported=thaw(reported))
+
+
+def language_model_rows(family_name: Optional[str] = None, dataset: Optional[str] = None) -> List[Dict[str, Any]]:
+    """One row per zoo language model: measured params beside the reported perplexities."""
+    return [_language_model_row(spec.name, spec.genotype, spec.dataset) for spec in LM_MODELS.values()
+            if family_name in (None, family(spec.genotype)) and dataset in (None, spec.dataset)]
+
+
 def _network_info(model, name: Optional[str], network: str, C: int, layers: int,
                   evaluations) -> Dict[str, Any]:
     """Params and FLOPs of ``model`` with the classifier of each evaluation's dataset (or the default one)."""
@@ -61,12 +84,18 @@ def _network_info(model, name: Optional[str], network: str, C: int, layers: int,
     return dict(model=name, network=network, C=C, layers=layers, input_size=[3, size, size], datasets=datasets)
 
 
-def genotype_info(genotype: Genotype) -> Dict[str, Any]:
+def genotype_info(genotype: AnyGenotype) -> Dict[str, Any]:
     """Everything ``nas-zoo info`` shows: the genotype, its provenance and, per network, params and FLOPs.
 
     Zoo genotypes are shown in their registered models; a genotype file in the networks its evaluations
-    name, or else in the default CIFAR and ImageNet networks.
+    name, or else in the default CIFAR and ImageNet networks. A recurrent cell is shown as the language
+    model of each corpus it was evaluated on (else of both), params and the reported perplexities.
     """
+    if isinstance(genotype, RecurrentGenotype):
+        names = {spec.dataset: spec.name for spec in LM_MODELS.values() if spec.genotype is genotype}
+        datasets = [e["dataset"] for e in genotype.evaluations] or list(TEXT_DATASETS)
+        return dict(genotype=genotype.to_dict(), family=family(genotype), source=genotype.source,
+                    networks=thaw([_language_model_row(names.get(d), genotype, d) for d in datasets]))
     groups = [(s.name, s.network, s.C, s.layers, s.evaluations) for s in MODELS.values() if s.genotype is genotype]
     if not groups:
         settings: Dict[tuple, list] = {}

@@ -4,18 +4,23 @@ Every genotype file lists the paper's evaluations; each names the model it runs 
 Evaluations of one model on several datasets become its pretrained tags, as in timm
 (``gdas_v1.cifar10``, ``gdas_v1.cifar100``, ``gdas_v1_imagenet.in1k``). ``import nas_zoo`` registers them
 all, so ``timm.create_model("gdas_v1")`` and ``timm.list_models("*gdas*")`` work.
+
+Recurrent cells are language models, one per corpus (``darts_v2_ptb``, ``darts_v2_wt2``): they live in
+``LM_MODELS`` beside ``MODELS`` and are built by ``nas_zoo.create_model``, not registered with timm.
 """
 import fnmatch
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from torch import nn
 
-from .genotype import Genotype, GenotypeError, get_genotype, list_genotypes, parse_genotypes, unknown_name
+from .genotype import (Genotype, GenotypeError, RecurrentGenotype, get_genotype, list_genotypes, parse_genotypes,
+                       unknown_name)
 from .networks import build_network
+from .rnn import MODEL_FIELDS, RNNModel, paper_setting
 
 HUB_ORG = "nas-zoo"
 DATASET_TAGS = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "in1k"}
@@ -70,6 +75,8 @@ def _collect_specs() -> Dict[str, ModelSpec]:
     owner: Dict[str, Genotype] = {}
     for genotype_name in list_genotypes():
         genotype = get_genotype(genotype_name)
+        if isinstance(genotype, RecurrentGenotype):
+            continue
         for evaluation in genotype.evaluations:
             if "model" not in evaluation:
                 continue
@@ -221,25 +228,96 @@ def nas_genotype(pretrained: bool = False, genotype: Optional[Mapping[str, Any]]
     return _create(ModelSpec(GENOTYPE_MODEL, parsed, network, C, layers, ()), pretrained, **kwargs)
 
 
-def list_models(pattern: str = "*") -> List[str]:
-    """Zoo model names matching a shell-style ``pattern``."""
-    return [name for name in MODELS if fnmatch.fnmatch(name, pattern)]
+@dataclass(frozen=True)
+class LanguageModelSpec:
+    """A recurrent cell built as the DARTS language model of one corpus, at its paper's setting."""
+
+    name: str
+    genotype: RecurrentGenotype
+    dataset: str
+    setting: Mapping[str, Any]  # rnn.paper_setting: ntoken, nhid, dropouts, wdecay, epochs
+
+    @property
+    def datasets(self) -> List[str]:
+        return [self.dataset]
+
+    @property
+    def evaluations(self) -> Tuple[Mapping[str, Any], ...]:
+        return (self.genotype.evaluation(self.dataset),)
+
+    def build(self, **kwargs) -> RNNModel:
+        """The language model at the paper's setting; ``kwargs`` override it (``ntoken``, ``nhid``, dropouts)."""
+        return RNNModel(self.genotype, **{**{k: self.setting[k] for k in MODEL_FIELDS}, **kwargs})
+
+    def pretrained_cfg(self) -> Dict[str, Any]:
+        paper = self.genotype.paper
+        return dict(
+            architecture=self.name, tag=self.dataset, hf_hub_id=f"{HUB_ORG}/{self.name}.{self.dataset}",
+            dataset=self.dataset, vocab_size=self.setting["ntoken"], nhid=self.setting["nhid"],
+            paper_ids=f"arXiv:{paper['arxiv']}" if "arxiv" in paper else None, paper_name=paper.get("title"),
+            origin_url=paper.get("code"), notes=(f"genotype {self.genotype.name}",))
 
 
-def get_model_spec(name: str) -> ModelSpec:
-    """The spec of a zoo model (``"gdas_v1"``; a ``.tag`` suffix is ignored)."""
+def _collect_language_models() -> Dict[str, LanguageModelSpec]:
+    specs = {}
+    for genotype in map(get_genotype, list_genotypes()):
+        if isinstance(genotype, RecurrentGenotype):
+            for evaluation in genotype.evaluations:
+                name = evaluation["model"]
+                if name in specs or name in MODELS:
+                    raise GenotypeError(f"{genotype.source}: model {name!r} is named twice in the zoo")
+                specs[name] = LanguageModelSpec(name, genotype, evaluation["dataset"],
+                                                paper_setting(genotype, evaluation["dataset"]))
+    return specs
+
+
+LM_MODELS: Dict[str, LanguageModelSpec] = _collect_language_models()
+AnySpec = Union[ModelSpec, LanguageModelSpec]
+
+
+def _create_language_model(spec: LanguageModelSpec, pretrained: bool = False, **kwargs) -> RNNModel:
+    model = spec.build(**kwargs)
+    model.pretrained_cfg = model.default_cfg = spec.pretrained_cfg()
+    if pretrained:
+        from huggingface_hub import hf_hub_download
+
+        from .checkpoint import load_weights
+
+        hub_id = model.pretrained_cfg["hf_hub_id"]
+        try:
+            path = hf_hub_download(hub_id, "model.safetensors")
+        except Exception as e:  # noqa: BLE001 - offline, missing repo, missing file: one message
+            raise RuntimeError(f"no pretrained weights for {spec.name}: {hub_id} could not be fetched "
+                               f"({type(e).__name__}); use pretrained=False or load a checkpoint") from None
+        load_weights(path, model)
+    return model
+
+
+def list_models(pattern: str = "*", task: Optional[str] = "cnn") -> List[str]:
+    """Zoo model names matching a shell-style ``pattern``: the timm models (``task="cnn"``), the language
+    models (``"rnn"``) or both (``None``)."""
+    names = {"cnn": list(MODELS), "rnn": list(LM_MODELS), None: [*MODELS, *LM_MODELS]}[task]
+    return [name for name in names if fnmatch.fnmatch(name, pattern)]
+
+
+def get_model_spec(name: str) -> AnySpec:
+    """The spec of a zoo model (``"gdas_v1"``, ``"darts_v2_ptb"``; a ``.tag`` suffix is ignored)."""
     base = name.split(".", 1)[0]
+    if base in LM_MODELS:
+        return LM_MODELS[base]
     if base not in MODELS:
-        raise unknown_name("model", name, list(MODELS))
+        raise unknown_name("model", name, [*MODELS, *LM_MODELS])
     return MODELS[base]
 
 
-def find_model(name: str, dataset: Optional[str] = None) -> ModelSpec:
+def find_model(name: str, dataset: Optional[str] = None) -> AnySpec:
     """The zoo model for ``name`` (a model or a genotype) evaluated on ``dataset`` in its paper.
 
-    ``find_model("gdas_v1", "imagenet")`` is ``gdas_v1_imagenet``: the paper's ImageNet network for GDAS_V1.
+    ``find_model("gdas_v1", "imagenet")`` is ``gdas_v1_imagenet``: the paper's ImageNet network for GDAS_V1;
+    ``find_model("DARTS_V2_RNN", "wt2")`` is ``darts_v2_wt2``.
     """
-    if name.split(".", 1)[0] in MODELS:
+    specs = [*MODELS.values(), *LM_MODELS.values()]
+    if name.split(".", 1)[0] in MODELS or name.split(".", 1)[0] in LM_MODELS:
         spec = get_model_spec(name)
         genotype = spec.genotype
         if dataset is None or dataset in spec.datasets:
@@ -248,18 +326,23 @@ def find_model(name: str, dataset: Optional[str] = None) -> ModelSpec:
         try:
             genotype = get_genotype(name)
         except KeyError:
-            raise unknown_name("model or genotype", name, list(MODELS) + list_genotypes()) from None
-    candidates = [s for s in MODELS.values() if s.genotype is genotype and (dataset is None or dataset in s.datasets)]
+            raise unknown_name("model or genotype", name, [s.name for s in specs] + list_genotypes()) from None
+    candidates = [s for s in specs if s.genotype is genotype and (dataset is None or dataset in s.datasets)]
     if not candidates:
-        evaluated = sorted({d for s in MODELS.values() if s.genotype is genotype for d in s.datasets})
+        evaluated = sorted({d for s in specs if s.genotype is genotype for d in s.datasets})
         raise KeyError(f"{genotype.name} has no {dataset} network in its paper (evaluated on: "
                        f"{', '.join(evaluated) or 'nothing'}); build one with nas_zoo.build_network")
     return candidates[0]
 
 
 def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    """timm.create_model for zoo names, with nearest-name suggestions for unknown ones."""
+    """timm.create_model for zoo names, with nearest-name suggestions for unknown ones.
+
+    Language models (``"darts_v2_ptb"``) are built here, with the same ``pretrained_cfg`` and Hub id scheme.
+    """
     import timm
 
-    get_model_spec(name)
+    spec = get_model_spec(name)
+    if isinstance(spec, LanguageModelSpec):
+        return _create_language_model(spec, pretrained, **kwargs)
     return timm.create_model(name, pretrained=pretrained, **kwargs)

@@ -18,7 +18,7 @@ def test_list_shows_every_cnn_genotype_with_measured_and_reported_params():
     result = run("list", "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert len({r["genotype"] for r in rows}) == 16
+    assert len({r["genotype"] for r in rows if r["task"] == "cnn"}) == 16
     gdas = next(r for r in rows if r["model"] == "gdas_f1.cifar10")
     assert (gdas["params"], gdas["reported_params_M"], gdas["reported_error"]) == (2543014, 2.5, 2.82)
 
@@ -66,8 +66,9 @@ def test_bad_input_is_one_line_and_non_zero(args, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(nas_zoo.list_genotypes()))
-def test_info_for_every_zoo_genotype(name):
+@pytest.mark.parametrize("name", sorted(g for g in nas_zoo.list_genotypes()
+                                         if isinstance(nas_zoo.get_genotype(g), nas_zoo.Genotype)))
+def test_info_for_every_zoo_genotype(name):  # recurrent cells: tests/test_rnn.py
     result = run("info", name, "--json")
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)

@@ -9,10 +9,11 @@ from nas_zoo.genotype import GenotypeError, UnknownNameError, load_genotypes, sa
 CNN_GENOTYPES = ["DARTS_V1", "DARTS_V2", "GDAS_V1", "GDAS_F1", "GDAS_GF", "GDAS_FG", "PDARTS", "PC_DARTS_cifar",
                  "PC_DARTS_image", "EDNAS_CIFAR10", "EDNAS_ImageNet", "BNASv2_CLR_v1", "BNASv2_CLR_v2",
                  "BNASv2_PC_cifar_v1", "BNASv2_PC_cifar_v2", "BNASv2_PC_image"]
+RNN_GENOTYPES = ["DARTS_V1_RNN", "DARTS_V2_RNN", "GDAS_RNN", "EDNAS_PTB"]  # tests/test_rnn.py
 
 
 def test_registry_holds_every_published_cnn_genotype():
-    assert sorted(nas_zoo.list_genotypes()) == sorted(CNN_GENOTYPES)
+    assert sorted(nas_zoo.list_genotypes()) == sorted(CNN_GENOTYPES + RNN_GENOTYPES)
     for name in CNN_GENOTYPES:
         genotype = nas_zoo.get_genotype(name)
         assert genotype.provenance["commit"] and genotype.paper["arxiv"] and genotype.evaluations

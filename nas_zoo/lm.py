@@ -1,0 +1,313 @@
+"""Train and evaluate the DARTS language models with the papers' recipe (quark0/darts rnn/train.py).
+
+The recipe (DARTS Sec. 3.2 / A.1.2, after AWD-LSTM, Merity et al. 2018): SGD at lr 20, weight decay, gradient
+norm clipped to 0.25, truncated BPTT on windows of random length (N(35, 5), its mean halved 5% of the time,
+at least 5 and at most 35 + 20; the learning rate scaled by length / 35), temporal activation regularisation
+(beta * |h_t - h_{t-1}|^2), and the switch to averaged SGD (ASGD) once the validation loss is worse than
+every one of ``nonmono`` epochs before (the non-monotonic trigger); under ASGD, validation uses the
+averaged weights. Validation runs at batch 10, test at batch 1, as in the original.
+
+A run writes ``OUT/last`` after every epoch (weights, optimizer, RNG streams: ``--resume`` continues the
+exact same run) and ``OUT/best`` whenever validation improves (the weights that ``evaluate`` reads).
+"""
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .checkpoint import find_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
+from .corpus import Corpus, batchify, get_batch
+from .genotype import RecurrentGenotype, get_genotype, list_genotypes, load_genotype, parse_genotypes, unknown_name
+from .rnn import CORPUS_SETTINGS, RNNModel, paper_setting
+from .zoo import LM_MODELS
+
+
+class LMError(ValueError):
+    """A language-model run that cannot start: bad settings, a wrong model name, a checkpoint that does not fit."""
+
+
+@dataclass
+class TrainConfig:
+    """rnn/train.py's flags and defaults (PTB); ``CORPUS_SETTINGS`` and the paper's evaluation override them."""
+
+    epochs: int = 8000
+    batch_size: int = 64
+    lr: float = 20.0
+    clip: float = 0.25
+    bptt: int = 35
+    max_seq_len_delta: int = 20
+    nhid: int = 850
+    emsize: int = 0  # 0: nhid (the original asserts emsize == nhid == nhidlast)
+    dropout: float = 0.75
+    dropouth: float = 0.25
+    dropoutx: float = 0.75
+    dropouti: float = 0.2
+    dropoute: float = 0.1
+    wdecay: float = 8e-7
+    beta: float = 1e-3  # temporal activation regularisation (DARTS keeps AWD-LSTM's alpha at 0: left out)
+    nonmono: int = 5
+    seed: int = 1267
+    eval_batch_size: int = 10
+    test_batch_size: int = 1
+    max_batches: int = 0  # batches per epoch; 0: the whole training split (set it for a short CPU budget)
+
+    @classmethod
+    def create(cls, setting: Dict[str, Any], overrides: Dict[str, Any]) -> "TrainConfig":
+        """The config from a paper setting and user overrides (rnn/train.py names), validated."""
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in setting.items() if k in fields}
+        for key, value in overrides.items():
+            if key not in fields:
+                raise LMError(f"unknown training setting {key!r}; known: {', '.join(fields)}")
+            kind = fields[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+                raise LMError(f"setting {key!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+            values[key] = kind(value)
+        config = cls(**values)
+        config.emsize = config.emsize or config.nhid
+        for key in ("epochs", "batch_size", "bptt", "nhid", "nonmono", "eval_batch_size", "test_batch_size"):
+            if getattr(config, key) <= 0:
+                raise LMError(f"setting {key!r} must be positive, got {getattr(config, key)}")
+        for key in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
+            if not 0 <= getattr(config, key) < 1:
+                raise LMError(f"setting {key!r} must be a probability in [0, 1), got {getattr(config, key)}")
+        if config.emsize != config.nhid:
+            raise LMError(f"emsize {config.emsize} != nhid {config.nhid}: the DARTS cell reads the embedding, "
+                          f"so both must be equal (set nhid alone)")
+        return config
+
+    def model_kwargs(self) -> Dict[str, Any]:
+        return dict(nhid=self.nhid, dropout=self.dropout, dropouth=self.dropouth, dropoutx=self.dropoutx,
+                    dropouti=self.dropouti, dropoute=self.dropoute)
+
+
+def resolve(name: str, dataset: str) -> Tuple[str, RecurrentGenotype, Dict[str, Any]]:
+    """(model name, genotype, paper setting) for a zoo language model, a recurrent genotype or a genotype file.
+
+    A genotype without a zoo model on ``dataset`` gets the corpus's settings (as DARTS transferred to WT2).
+    """
+    if dataset not in CORPUS_SETTINGS:
+        raise LMError(f"unknown corpus {dataset!r}; language models train on {', '.join(CORPUS_SETTINGS)}")
+    path, _, entry = name.partition(":") if not Path(name).exists() else (name, "", "")
+    if path.endswith(".json") or Path(path).exists():
+        genotype = load_genotype(path, entry or None)
+    elif name.split(".", 1)[0] in LM_MODELS:
+        spec = LM_MODELS[name.split(".", 1)[0]]
+        if spec.dataset != dataset:
+            raise LMError(f"{spec.name} is the {spec.dataset} model; for {dataset} name its cell, "
+                          f"{spec.genotype.name}, or a genotype file")
+        return spec.name, spec.genotype, dict(spec.setting)
+    else:
+        recurrent = [g for g in list_genotypes() if isinstance(get_genotype(g), RecurrentGenotype)]
+        try:
+            genotype = get_genotype(name)
+        except KeyError:
+            raise unknown_name("language model or recurrent genotype", name, [*LM_MODELS, *recurrent]) from None
+        if not isinstance(genotype, RecurrentGenotype):
+            raise LMError(f"{genotype.name} is a CNN genotype; language models need a recurrent cell: "
+                          f"{', '.join([*LM_MODELS, *recurrent])}")
+        spec = next((s for s in LM_MODELS.values() if s.genotype is genotype and s.dataset == dataset), None)
+        if spec is not None:
+            return spec.name, genotype, dict(spec.setting)
+    if not isinstance(genotype, RecurrentGenotype):
+        raise LMError(f"{path}: {genotype.name} is a CNN genotype; a language model needs \"recurrent\" steps")
+    return f"{genotype.name.lower()}_{dataset}", genotype, paper_setting(genotype, dataset)
+
+
+def build_model(genotype: RecurrentGenotype, ntoken: int, config: TrainConfig) -> RNNModel:
+    return RNNModel(genotype, ntoken, **config.model_kwargs())
+
+
+@torch.no_grad()
+def evaluate(model: RNNModel, data: torch.Tensor, bptt: int) -> Tuple[float, float]:
+    """(mean loss per token, tokens/s) over a batchified split, carrying the state across windows.
+
+    The loss is averaged as in the original: window losses weighted by length, divided by the split's
+    rows (one more than the rows predicted), which keeps figures comparable with the papers'.
+    """
+    model.eval()
+    total, hidden, start = 0.0, None, time.perf_counter()
+    for i in range(0, data.size(0) - 1, bptt):
+        inputs, targets = get_batch(data, i, bptt)
+        logits, outputs = model(inputs, hidden)
+        hidden = outputs[-1]
+        total += F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1)).item() * len(inputs)
+    seconds = time.perf_counter() - start
+    return total / len(data), (data.size(0) - 1) * data.size(1) / seconds
+
+
+def _make_optimizer(kind: str, model: RNNModel, config: TrainConfig) -> torch.optim.Optimizer:
+    if kind == "asgd":  # t0=0, lambd=0: a plain running average of the iterates from the switch on
+        return torch.optim.ASGD(model.parameters(), lr=config.lr, t0=0, lambd=0.0, weight_decay=config.wdecay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.wdecay)
+
+
+def switch_to_asgd(history: List[float], val_loss: float, nonmono: int) -> bool:
+    """The non-monotonic trigger: validation is worse than the best of all but the last ``nonmono`` epochs."""
+    return len(history) > nonmono and val_loss > min(history[:-nonmono])
+
+
+def _sequence_length(config: TrainConfig) -> int:
+    """rnn/train.py's random BPTT length: N(bptt, 5), bptt halved 5% of the time, clipped to [5, bptt + delta]."""
+    bptt = config.bptt if random.random() < 0.95 else config.bptt / 2.0
+    return min(max(5, int(random.gauss(bptt, 5))), config.bptt + config.max_seq_len_delta)
+
+
+def train_epoch(model: RNNModel, optimizer: torch.optim.Optimizer, data: torch.Tensor, config: TrainConfig,
+                progress: Optional[Progress] = None, task=None) -> float:
+    """One pass over the batchified training split (or ``max_batches`` of it); returns the mean loss."""
+    model.train()
+    hidden, i, batches, total = None, 0, 0, 0.0
+    while i < data.size(0) - 2 and batches < (config.max_batches or math.inf):
+        seq_len = _sequence_length(config)
+        inputs, targets = get_batch(data, i, seq_len)
+        logits, outputs = model(inputs, hidden)
+        hidden = outputs[-1].detach()  # truncated BPTT: the state flows on, its gradient does not
+        raw_loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        loss = raw_loss + config.beta * (outputs[1:] - outputs[:-1]).pow(2).mean()
+        if not math.isfinite(raw_loss.item()):
+            raise LMError(f"training diverged (loss {raw_loss.item()}) at batch {batches}; resume from the last "
+                          f"checkpoint with a lower lr or clip")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        optimizer.param_groups[0]["lr"] = config.lr * seq_len / config.bptt  # longer windows, larger steps
+        optimizer.step()
+        optimizer.param_groups[0]["lr"] = config.lr
+        total, batches, i = total + raw_loss.item(), batches + 1, i + seq_len
+        if progress is not None:
+            progress.update(task, completed=i, loss=f"{raw_loss.item():.3f}")
+    return total / max(batches, 1)
+
+
+class _Averaged:
+    """Under ASGD, swap the averaged weights in (for validation and the best checkpoint), then back."""
+
+    def __init__(self, model: RNNModel, optimizer: torch.optim.Optimizer):
+        self.pairs = [(p, optimizer.state[p]["ax"]) for p in model.parameters()
+                      if isinstance(optimizer, torch.optim.ASGD) and "ax" in optimizer.state[p]]
+
+    def __enter__(self):
+        self.saved = [p.detach().clone() for p, _ in self.pairs]
+        with torch.no_grad():
+            for p, ax in self.pairs:
+                p.copy_(ax)
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for (p, _), saved in zip(self.pairs, self.saved):
+                p.copy_(saved)
+
+
+def _run_info(name: str, dataset: str, genotype: RecurrentGenotype, corpus: Corpus, config: TrainConfig) -> Dict:
+    return dict(model=name, dataset=dataset, genotype=genotype.to_dict(), vocabulary=corpus.words,
+                config=dataclasses.asdict(config))
+
+
+def train(name: str, genotype: RecurrentGenotype, corpus: Corpus, out: Path, setting: Dict[str, Any],
+          overrides: Optional[Dict[str, Any]] = None, resume: bool = False, log: Callable[[str], None] = print,
+          progress: bool = True) -> Dict[str, Any]:
+    """Train with the recipe above into ``out``; returns the best validation and the final test figures.
+
+    ``setting`` is the paper's (``resolve``), ``overrides`` any ``TrainConfig`` fields; a resumed run keeps
+    its saved settings, with ``overrides`` on top (e.g. more ``epochs``).
+    """
+    out = Path(out)
+    last = find_checkpoint(out / "last")
+    if resume and last is None:
+        raise LMError(f"{out / 'last'}: no checkpoint to resume from (train without --resume first)")
+    if not resume and last is not None:
+        raise LMError(f"{out} already holds a run; pass --resume to continue it or choose another output directory")
+    state = load_state(last) if resume else {}
+    if resume and state["info"]["model"] != name:
+        raise LMError(f"{out} holds a run of {state['info']['model']}, not of {name}")
+    if resume and state["info"]["vocabulary"] != corpus.words:
+        raise LMError(f"{last} was trained on another vocabulary than the {corpus.dataset} corpus given")
+    config = TrainConfig.create(state["info"]["config"] if resume else setting, overrides or {})
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    model = build_model(genotype, len(corpus.words), config)
+    kind, epoch, history, best_loss = "sgd", 0, [], math.inf
+    if resume:
+        load_weights(last, model)
+        kind, epoch, history, best_loss = state["optimizer"], state["epoch"], state["history"], state["best_loss"]
+    optimizer = _make_optimizer(kind, model, config)
+    if resume:
+        optimizer.load_state_dict(state["optimizer_state"])
+        set_rng_state(state["rng"])
+    train_data = batchify(corpus.train, config.batch_size)
+    valid_data = batchify(corpus.valid, config.eval_batch_size)
+    info = _run_info(name, corpus.dataset, genotype, corpus, config)
+    params = sum(p.numel() for p in model.parameters())
+    log(f"{name}: {params:,} parameters, {len(corpus.words):,} words, {train_data.numel():,} training tokens")
+    columns = [TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        for epoch in range(epoch + 1, config.epochs + 1):
+            rows = train_data.size(0) if not config.max_batches else min(train_data.size(0),
+                                                                           config.max_batches * config.bptt)
+            task = bar.add_task("train", total=rows, epoch=f"{epoch}/{config.epochs}", loss="-")
+            start = time.perf_counter()
+            train_loss = train_epoch(model, optimizer, train_data, config, bar, task)
+            bar.remove_task(task)
+            with _Averaged(model, optimizer):
+                val_loss, _ = evaluate(model, valid_data, config.bptt)
+                if val_loss < best_loss:
+                    best_loss = val_loss
+                    save_checkpoint(out / "best", model, {"info": info, "epoch": epoch, "val_loss": val_loss})
+            if kind == "sgd":
+                if switch_to_asgd(history, val_loss, config.nonmono):
+                    kind, optimizer = "asgd", _make_optimizer("asgd", model, config)
+                    log("switching to ASGD")
+                history.append(val_loss)
+            log(f"epoch {epoch} ({time.perf_counter() - start:.0f}s, {kind}): train ppl "
+                f"{math.exp(train_loss):.2f}, valid ppl {math.exp(val_loss):.2f}")
+            save_checkpoint(out / "last", model, dict(
+                info=info, epoch=epoch, optimizer=kind, optimizer_state=optimizer.state_dict(), history=history,
+                best_loss=best_loss, rng=rng_state()))
+    return evaluate_checkpoint(out / "best", corpus)
+
+
+def load_checkpoint(path: Path) -> Tuple[RNNModel, Dict[str, Any]]:
+    """The model saved at ``path`` (a run directory, its ``best``/``last`` checkpoint) and its run info."""
+    path = Path(path)
+    found = find_checkpoint(path) or find_checkpoint(path / "best")
+    if found is None:
+        raise LMError(f"{path}: no checkpoint here (expected model.safetensors and state.pt, or a run "
+                      f"directory with best/)")
+    info = load_state(found)["info"]
+    (genotype,) = parse_genotypes(info["genotype"], f"{found}/state.pt").values()
+    config = TrainConfig.create(info["config"], {})
+    model = build_model(genotype, len(info["vocabulary"]), config)
+    load_weights(found, model)
+    return model, info
+
+
+def evaluate_checkpoint(path: Path, corpus: Corpus) -> Dict[str, Any]:
+    """``evaluate_model`` on a saved model, at its run's bptt and batch sizes."""
+    model, info = load_checkpoint(path)
+    if info["vocabulary"] != corpus.words:
+        raise LMError(f"{path} was trained on another vocabulary than the {corpus.dataset} corpus given")
+    config = info["config"]
+    return evaluate_model(model, corpus, config["bptt"], config["eval_batch_size"], config["test_batch_size"],
+                          name=info["model"])
+
+
+def evaluate_model(model: RNNModel, corpus: Corpus, bptt: int = 35, eval_batch_size: int = 10,
+                   test_batch_size: int = 1, name: str = "") -> Dict[str, Any]:
+    """Validation and test perplexity, parameters and evaluation tokens/s of ``model`` on ``corpus``."""
+    if model.ntoken != len(corpus.words):
+        raise LMError(f"{name or 'the model'} has a {model.ntoken:,}-word output layer but the {corpus.dataset} "
+                      f"corpus has {len(corpus.words):,} words")
+    val_loss, val_speed = evaluate(model, batchify(corpus.valid, eval_batch_size), bptt)
+    test_loss, test_speed = evaluate(model, batchify(corpus.test, test_batch_size), bptt)
+    return dict(model=name, dataset=corpus.dataset, params=sum(p.numel() for p in model.parameters()),
+                valid_loss=val_loss, valid_ppl=math.exp(val_loss), test_loss=test_loss, test_ppl=math.exp(test_loss),
+                valid_tokens_per_s=val_speed, test_tokens_per_s=test_speed)
