@@ -149,12 +149,6 @@ def info_command(
     console.print(table)
 
 
-from nas_zoo.cli import lm  # noqa: E402 - after fail(), which it uses
-
-app.command("train-lm")(lm.train_command)  # temporary: folded into `train --dataset ptb|wt2`
-app.command("evaluate-lm")(lm.evaluate_command)  # temporary: folded into `evaluate --dataset ptb|wt2`
-
-
 def main() -> None:
     app()
 

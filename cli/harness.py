@@ -2,7 +2,7 @@
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import typer
@@ -18,9 +18,11 @@ from nas_zoo.summary import family
 from nas_zoo.train import Target, device_for_run, evaluate_loader, make_loader, train, write_atomic
 from nas_zoo.zoo import DATASET_TAGS, find_model
 
+from . import lm
 from .app import fail, resolve_genotype
 
 IMAGE_DATASETS = ["cifar10", "cifar100", "imagenet", "folder"]
+TEXT_DATASETS = ["ptb", "wt2"]
 
 
 def resolve_target(name: str, dataset: str) -> Target:
@@ -50,7 +52,7 @@ def _default_out(target: Target) -> Path:
 
 def train_command(
     name: str = typer.Argument(..., help="zoo model or genotype name, or a genotype file"),
-    dataset: str = typer.Option(..., help=f"one of {', '.join(IMAGE_DATASETS)}"),
+    dataset: str = typer.Option(..., help=f"one of {', '.join(IMAGE_DATASETS + TEXT_DATASETS)}"),
     data_dir: Path = typer.Option(Path("data"), help="where the dataset lies (standard layouts)"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/NAME-DATASET)"),
     resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),
@@ -65,8 +67,14 @@ def train_command(
     layers: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
     num_workers: Optional[int] = typer.Option(None),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic"),
+    settings: List[str] = typer.Option([], "--set", help="FIELD=VALUE: language-model fields (rnn/train.py names)"),
 ) -> None:
     """Train with the paper's evaluation recipe; every field can be overridden (flags, then --config)."""
+    if dataset in TEXT_DATASETS:
+        overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, seed=seed).items() if v is not None}
+        lm.train_language_model(name, dataset, data_dir, out or Path("runs") / f"{name}-{dataset}", resume,
+                                {**overrides, **lm.parse_settings(settings)})
+        return
     target = resolve_target(name, dataset)
     overrides = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lr_scheduler=lr_scheduler,
                      momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip, label_smooth=label_smooth,
@@ -107,7 +115,7 @@ def _load_model(target: Target, checkpoint: Optional[Path], pretrained: bool, nu
 
 def evaluate_command(
     name: str = typer.Argument(..., help="zoo model or genotype name, or a genotype file"),
-    dataset: str = typer.Option(..., help=f"one of {', '.join(IMAGE_DATASETS)}"),
+    dataset: str = typer.Option(..., help=f"one of {', '.join(IMAGE_DATASETS + TEXT_DATASETS)}"),
     data_dir: Optional[Path] = typer.Option(None, help="where the dataset lies; omit with --no-accuracy"),
     checkpoint: Optional[Path] = typer.Option(None, help="a run's checkpoint directory or a .safetensors file"),
     pretrained: bool = typer.Option(False, help="the published weights of the model (Hub)"),
@@ -117,7 +125,12 @@ def evaluate_command(
     batch_size: int = typer.Option(128), num_workers: int = typer.Option(2),
     json_path: Optional[str] = typer.Option(None, "--json", help="write the result as JSON to PATH, or - for stdout"),
 ) -> None:
-    """Top-1/top-5 error, loss, params, FLOPs, latency and throughput, next to the paper's figures."""
+    """Top-1/top-5 error, loss, params, FLOPs, latency and throughput (perplexity and tokens/s for ptb/wt2)."""
+    if dataset in TEXT_DATASETS:
+        if data_dir is None:
+            raise fail(f"{dataset}: no --data-dir given; point it at the corpus files")
+        _write_result(lm.evaluate_language_model(name, dataset, data_dir, checkpoint), json_path or "-")
+        return
     target = resolve_target(name, dataset)
     device = device_for_run()
     try:
@@ -139,16 +152,22 @@ def evaluate_command(
                                               target.network)
     except (DatasetError, CheckpointError, ValueError) as e:
         raise fail(str(e)) from None
+    if json_path:
+        _write_result(result, json_path)
+    if json_path != "-":
+        _print_result(result)
+
+
+def _write_result(result: dict, json_path: str) -> None:
+    """The result as JSON on standard output (``-``) or in a file, written atomically."""
     if json_path == "-":
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
-    if json_path:
-        try:
-            write_atomic(Path(json_path), json.dumps(result, indent=2) + "\n")
-        except OSError as e:
-            raise fail(f"{json_path}: cannot write the result ({e.strerror})") from None
-    _print_result(result)
+    try:
+        write_atomic(Path(json_path), json.dumps(result, indent=2) + "\n")
+    except OSError as e:
+        raise fail(f"{json_path}: cannot write the result ({e.strerror})") from None
 
 
 def _print_result(result: dict) -> None:

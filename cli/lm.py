@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import typer
 from rich.console import Console
 
 from nas_zoo.checkpoint import CheckpointError
@@ -53,7 +52,8 @@ def evaluate_language_model(model: str, dataset: str, data_dir: Path, checkpoint
     return result
 
 
-def _overrides(pairs: List[str]) -> Dict[str, Any]:
+def parse_settings(pairs: List[str]) -> Dict[str, Any]:
+    """``--set FIELD=VALUE`` pairs (values as JSON numbers or booleans) to an overrides dict."""
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -66,27 +66,3 @@ def _overrides(pairs: List[str]) -> Dict[str, Any]:
 
             raise fail(f"--set {pair!r}: expected FIELD=NUMBER, e.g. --set epochs=40")
     return overrides
-
-
-def train_command(
-    name: str = typer.Argument(..., help="language model (darts_v2_ptb), recurrent genotype or genotype file"),
-    dataset: str = typer.Option("ptb", help="ptb or wt2"),
-    data_dir: Path = typer.Option(..., help="directory with the corpus files"),
-    out: Path = typer.Option(..., help="run directory (checkpoints last/ and best/)"),
-    resume: bool = typer.Option(False, help="continue the run in --out from its last checkpoint"),
-    settings: List[str] = typer.Option([], "--set", help="FIELD=VALUE over the paper's recipe (rnn/train.py names)"),
-) -> None:
-    """Train a language model with the paper's recipe (SGD, then ASGD); checkpoints every epoch."""
-    train_language_model(name, dataset, data_dir, out, resume, _overrides(settings))
-
-
-def evaluate_command(
-    name: str = typer.Argument(..., help="language model, recurrent genotype or genotype file"),
-    dataset: str = typer.Option("ptb", help="ptb or wt2"),
-    data_dir: Path = typer.Option(..., help="directory with the corpus files"),
-    checkpoint: Optional[Path] = typer.Option(None, help="run directory or checkpoint (default: untrained)"),
-) -> None:
-    """Validation and test perplexity, parameters and tokens/s of a language model."""
-    result = evaluate_language_model(name, dataset, data_dir, checkpoint)
-    json.dump(result, typer.get_text_stream("stdout"), indent=2)
-    typer.echo()

@@ -294,15 +294,15 @@ def test_cli_train_resume_evaluate_end_to_end(tmp_path):
     data = _write_corpus(tmp_path / "ptb")
     out = tmp_path / "run"
     settings = [arg for key, value in {**SMALL, "epochs": 1}.items() for arg in ("--set", f"{key}={value}")]
-    first = runner.invoke(app, ["train-lm", "gdas_ptb", "--data-dir", str(data), "--out", str(out), *settings])
+    first = runner.invoke(app, ["train", "gdas_ptb", "--dataset", "ptb", "--data-dir", str(data), "--out", str(out), *settings])
     assert first.exit_code == 0, first.output
-    again = runner.invoke(app, ["train-lm", "gdas_ptb", "--data-dir", str(data), "--out", str(out), *settings])
+    again = runner.invoke(app, ["train", "gdas_ptb", "--dataset", "ptb", "--data-dir", str(data), "--out", str(out), *settings])
     assert again.exit_code == 2 and "already holds a run; pass --resume" in again.output
-    more = runner.invoke(app, ["train-lm", "gdas_ptb", "--data-dir", str(data), "--out", str(out), "--resume",
+    more = runner.invoke(app, ["train", "gdas_ptb", "--dataset", "ptb", "--data-dir", str(data), "--out", str(out), "--resume",
                                "--set", "epochs=2"])
     assert more.exit_code == 0, more.output
     assert load_state(out / "last")["epoch"] == 2
-    result = runner.invoke(app, ["evaluate-lm", "gdas_ptb", "--data-dir", str(data), "--checkpoint", str(out)])
+    result = runner.invoke(app, ["evaluate", "gdas_ptb", "--dataset", "ptb", "--data-dir", str(data), "--checkpoint", str(out)])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout)
     assert figures["params"] == 61 * 16 + 61 + 32 * 32 + 8 * 16 * 32 and figures["test_tokens_per_s"] > 0
@@ -311,12 +311,12 @@ def test_cli_train_resume_evaluate_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train-lm", "gdas_ptb", "--out", "{tmp}/none", "--resume"], "no checkpoint to resume from"),
-    (["train-lm", "gdas_ptb", "--out", "{tmp}/x", "--set", "epochs"], "--set 'epochs': expected FIELD=NUMBER"),
-    (["train-lm", "gdas_ptb", "--out", "{tmp}/x", "--set", "lr=-"], "--set 'lr=-': expected FIELD=NUMBER"),
-    (["evaluate-lm", "darts_v2_ptb", "--checkpoint", "{tmp}/none"], "no checkpoint here"),
-    (["evaluate-lm", "gdas_v1"], "GDAS_V1 is a CNN genotype"),
-    (["evaluate-lm", "darts_v2_ptb", "--dataset", "wt2"], "darts_v2_ptb is the ptb model"),
+    (["train", "gdas_ptb", "--dataset", "ptb", "--out", "{tmp}/none", "--resume"], "no checkpoint to resume from"),
+    (["train", "gdas_ptb", "--dataset", "ptb", "--out", "{tmp}/x", "--set", "epochs"], "--set 'epochs': expected FIELD=NUMBER"),
+    (["train", "gdas_ptb", "--dataset", "ptb", "--out", "{tmp}/x", "--set", "lr=-"], "--set 'lr=-': expected FIELD=NUMBER"),
+    (["evaluate", "darts_v2_ptb", "--dataset", "ptb", "--checkpoint", "{tmp}/none"], "no checkpoint here"),
+    (["evaluate", "gdas_v1", "--dataset", "ptb"], "GDAS_V1 is a CNN genotype"),
+    (["evaluate", "darts_v2_ptb", "--dataset", "wt2"], "darts_v2_ptb is the ptb model"),
 ])
 def test_cli_bad_input_is_one_line_and_non_zero(tmp_path, args, message):
     data = _write_corpus(tmp_path / "ptb")
