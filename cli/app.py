@@ -149,6 +149,11 @@ def info_command(
     console.print(table)
 
 
+from .search import search_command  # noqa: E402 (it uses fail() and console from this module)
+
+app.command("search")(search_command)
+
+
 def main() -> None:
     app()
 

@@ -12,10 +12,10 @@ from rich.table import Table
 from nas_zoo.checkpoint import CheckpointError, find_checkpoint, load_state, load_weights
 from nas_zoo.data import DataSpec, DatasetError, build_dataset
 from nas_zoo.evaluate import device_name, measure_speed, model_figures, reported_figures
-from nas_zoo.genotype import Genotype
+from nas_zoo.genotype import Genotype, write_text_atomic
 from nas_zoo.recipes import TrainConfig, paper_recipe, read_config_file
 from nas_zoo.summary import family
-from nas_zoo.train import Target, device_for_run, evaluate_loader, make_loader, train, write_atomic
+from nas_zoo.train import Target, device_for_run, evaluate_loader, make_loader, train
 from nas_zoo.zoo import DATASET_TAGS, find_model
 
 from . import lm
@@ -165,7 +165,7 @@ def _write_result(result: dict, json_path: str) -> None:
         sys.stdout.write("\n")
         return
     try:
-        write_atomic(Path(json_path), json.dumps(result, indent=2) + "\n")
+        write_text_atomic(Path(json_path), json.dumps(result, indent=2) + "\n")
     except OSError as e:
         raise fail(f"{json_path}: cannot write the result ({e.strerror})") from None
 

@@ -8,9 +8,10 @@ from torch import nn
 from .ops import FactorizedReduce, ReLUConvBN, make_op
 
 
-def preprocess(C_in: int, C_out: int, reduction_prev: bool) -> nn.Module:
+def preprocess(C_in: int, C_out: int, reduction_prev: bool, affine: bool = True) -> nn.Module:
     """Bring the k-2 input to this cell's width (and resolution, when the previous cell reduced)."""
-    return FactorizedReduce(C_in, C_out) if reduction_prev else ReLUConvBN(C_in, C_out, 1, 1, 0)
+    return (FactorizedReduce(C_in, C_out, affine=affine) if reduction_prev
+            else ReLUConvBN(C_in, C_out, 1, 1, 0, affine=affine))
 
 
 class Cell(nn.Module):

@@ -376,12 +376,21 @@ def load_genotype(path: Union[str, os.PathLike], name: Optional[str] = None) -> 
     return genotypes[name]
 
 
-def save_genotype(genotype: AnyGenotype, path: Union[str, os.PathLike]) -> None:
-    """Write ``genotype`` as a genotype file, atomically (a temp file renamed over the target)."""
+def save_genotype(genotype: AnyGenotype, path: Union[str, os.PathLike], search: Optional[Mapping] = None) -> None:
+    """Write ``genotype`` as a genotype file, atomically (a temp file renamed over the target).
+
+    ``search`` (JSON-ready) is stored in the record's ``search`` field: how ``nas-zoo search`` found it.
+    """
+    record = genotype.to_dict() if search is None else {**genotype.to_dict(), "search": dict(search)}
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+
+
+def write_text_atomic(path: Union[str, os.PathLike], text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it over ``path``: never a half-written file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(genotype.to_dict(), indent=2) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -105,9 +105,9 @@ OpFactory = Callable[[int, int, bool, bool], nn.Module]
 #: name -> factory(C, stride, affine, pool_bn); the order is the search space's (none first).
 OPS: Dict[str, OpFactory] = {
     "none": lambda C, stride, affine, pool_bn: Zero(stride),
+    "max_pool_3x3": lambda C, stride, affine, pool_bn: _pool(nn.MaxPool2d(3, stride=stride, padding=1), C, pool_bn),
     "avg_pool_3x3": lambda C, stride, affine, pool_bn: _pool(
         nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False), C, pool_bn),
-    "max_pool_3x3": lambda C, stride, affine, pool_bn: _pool(nn.MaxPool2d(3, stride=stride, padding=1), C, pool_bn),
     "skip_connect": lambda C, stride, affine, pool_bn: (
         nn.Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine)),
     "sep_conv_3x3": lambda C, stride, affine, pool_bn: SepConv(C, C, 3, stride, 1, affine=affine),

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import find_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
 from .data import DataSpec, build_dataset
-from .genotype import Genotype
+from .genotype import Genotype, write_text_atomic
 from .networks import NetworkBase, build_network
 from .recipes import TrainConfig
 from .zoo import NUM_CLASSES, data_config
@@ -43,15 +43,6 @@ class Target:
                               drop_path_rate=config.drop_path_prob)
         model.pretrained_cfg = dict(data_config(self.network, self.dataset), num_classes=model.num_classes)
         return model
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def device_for_run() -> torch.device:
@@ -155,7 +146,7 @@ def train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume
             epoch=epoch + 1, config=config.to_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
             rng=rng_state(), data_order=order.get_state(), history=history, genotype=target.genotype.to_dict(),
             network=target.network, dataset=target.dataset, model=target.model_name or "", num_classes=model.num_classes))
-        write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+        write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
     return history
 
 
