@@ -51,21 +51,21 @@ class Cell(nn.Module):
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
-def _grouped_reduce_branch(C: int) -> nn.Sequential:
+def _grouped_reduce_branch(C: int, affine: bool) -> nn.Sequential:
     # 1x3 then 3x1 grouped convs (stride 2 overall), then a 1x1 conv: GDAS paper Fig. 3.
     return nn.Sequential(
         nn.ReLU(inplace=False),
         nn.Conv2d(C, C, (1, 3), stride=(1, 2), padding=(0, 1), groups=8, bias=False),
         nn.Conv2d(C, C, (3, 1), stride=(2, 1), padding=(1, 0), groups=8, bias=False),
-        nn.BatchNorm2d(C),
+        nn.BatchNorm2d(C, affine=affine),
         nn.ReLU(inplace=False),
         nn.Conv2d(C, C, 1, bias=False),
-        nn.BatchNorm2d(C),
+        nn.BatchNorm2d(C, affine=affine),
     )
 
 
-def _pool_reduce_branch(C: int) -> nn.Sequential:
-    return nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), nn.BatchNorm2d(C))
+def _pool_reduce_branch(C: int, affine: bool) -> nn.Sequential:
+    return nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), nn.BatchNorm2d(C, affine=affine))
 
 
 class FixedReductionCell(nn.Module):
@@ -78,13 +78,13 @@ class FixedReductionCell(nn.Module):
 
     multiplier = 4
 
-    def __init__(self, C_prev_prev: int, C_prev: int, C: int, reduction_prev: bool):
+    def __init__(self, C_prev_prev: int, C_prev: int, C: int, reduction_prev: bool, affine: bool = True):
         super().__init__()
         self.reduction = True
-        self.preprocess0 = preprocess(C_prev_prev, C, reduction_prev)
-        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
-        self.conv_branches = nn.ModuleList([_grouped_reduce_branch(C), _grouped_reduce_branch(C)])
-        self.pool_branches = nn.ModuleList([_pool_reduce_branch(C), _pool_reduce_branch(C)])
+        self.preprocess0 = preprocess(C_prev_prev, C, reduction_prev, affine)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine)
+        self.conv_branches = nn.ModuleList([_grouped_reduce_branch(C, affine), _grouped_reduce_branch(C, affine)])
+        self.pool_branches = nn.ModuleList([_pool_reduce_branch(C, affine), _pool_reduce_branch(C, affine)])
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
         inputs = [self.preprocess0(s0), self.preprocess1(s1)]

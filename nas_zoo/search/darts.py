@@ -18,7 +18,7 @@ from typing import List, Sequence
 
 import torch
 
-from .loop import Batch, Search, SearchAlgorithm, frozen
+from .loop import Batch, BiLevel, SearchAlgorithm, frozen
 
 
 class Darts(SearchAlgorithm):
@@ -36,13 +36,13 @@ class Darts(SearchAlgorithm):
     def label(self) -> str:
         return f"darts_{'1st' if self.options['order'] == 1 else '2nd'}"
 
-    def arch_gradient(self, search: Search, train: Batch, valid: Batch) -> Sequence[torch.Tensor]:
+    def arch_gradient(self, search: BiLevel, train: Batch, valid: Batch) -> Sequence[torch.Tensor]:
         if self.options["order"] == 1:
             return super().arch_gradient(search, train, valid)
         return unrolled_gradient(search, train, valid, search.lr())
 
 
-def _virtual_step(search: Search, train: Batch, xi: float) -> None:
+def _virtual_step(search: BiLevel, train: Batch, xi: float) -> None:
     """Move the weights in place to w' = w - xi (momentum * buffer + grad L_train + weight_decay * w)."""
     with frozen(search.alphas):
         grads = search.grad(search.loss(train), search.weights)
@@ -56,7 +56,7 @@ def _virtual_step(search: Search, train: Batch, xi: float) -> None:
             w.sub_(xi * step)
 
 
-def unrolled_gradient(search: Search, train: Batch, valid: Batch, xi: float, r: float = 1e-2) -> List[torch.Tensor]:
+def unrolled_gradient(search: BiLevel, train: Batch, valid: Batch, xi: float, r: float = 1e-2) -> List[torch.Tensor]:
     """DARTS eq. 7 with the finite-difference Hessian-vector product of eq. 8 (``r`` / ||v|| as epsilon)."""
     weights, alphas = search.weights, search.alphas
     original = [w.detach().clone() for w in weights]

@@ -28,7 +28,8 @@ class Gdas(SearchAlgorithm):
 
     def network(self, config: SearchConfig, num_classes: int) -> SearchNetwork:
         return SearchNetwork(config.init_channels, num_classes, config.layers, config.nodes,
-                             strategy=GumbelHard(self.options["tau_max"]), fixed_reduction=self.options["frc"])
+                             strategy=GumbelHard(self.options["tau_max"]), fixed_reduction=self.options["frc"],
+                             pool_bn=False, last_bn_relu=True)
 
     def start_epoch(self, model: SearchNetwork, epoch: int, epochs: int) -> Dict[str, Any]:
         hi, lo = self.options["tau_max"], self.options["tau_min"]

@@ -60,6 +60,7 @@ class SearchConfig:
     arch_weight_decay: float = 1e-3
     arch_warmup: Optional[int] = None  # epochs of weights-only training before alpha moves (PC-DARTS: 15)
     num_workers: int = 2
+    channels_last: bool = True  # activations in NHWC: same math, faster depthwise convolutions on CPU
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     options: Dict[str, Any] = field(default_factory=dict)  # the algorithm's own (order, frc, tau, K)
 
@@ -93,9 +94,10 @@ class SearchAlgorithm:
         """Per-epoch schedule of the algorithm (GDAS's tau); returns what the record should note."""
         return {}
 
-    def arch_gradient(self, search: "Search", train: Batch, valid: Batch) -> Sequence[torch.Tensor]:
+    def arch_gradient(self, search: "BiLevel", train: Batch, valid: Batch) -> Sequence[torch.Tensor]:
         """The first-order architecture gradient: d L_val(w, alpha) / d alpha (DARTS eq. 6 with xi = 0)."""
-        return search.grad(search.loss(valid), search.alphas)
+        with frozen(search.weights):
+            return search.grad(search.loss(valid), search.alphas)
 
 
 @contextlib.contextmanager
@@ -143,7 +145,12 @@ def versions() -> Dict[str, str]:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
+    try:
+        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")]
+    except OSError:
+        models = []
+    return f"{models[0] if models else platform.machine()} (CPU, {torch.get_num_threads()} threads)"
 
 
 def peak_memory(device: torch.device) -> Dict[str, Any]:
@@ -152,30 +159,35 @@ def peak_memory(device: torch.device) -> Dict[str, Any]:
     return {"bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "kind": "process peak RSS"}
 
 
-class Search:
-    """One search run: the supernet, its two optimizers, the data halves, the record; ``run()`` it."""
+def with_defaults(algorithm: SearchAlgorithm, config: SearchConfig) -> SearchConfig:
+    """``config`` with its unset fields filled from the algorithm's paper defaults and the loop's."""
+    filled = {key: value for key, value in {**LOOP_DEFAULTS, **algorithm.defaults}.items()
+              if getattr(config, key) is None}
+    return dataclasses.replace(config, **filled, options={**algorithm.options, **config.options})
 
-    def __init__(self, algorithm: SearchAlgorithm, config: SearchConfig, out: Path, progress: bool = True):
-        for key, value in {**LOOP_DEFAULTS, **algorithm.defaults}.items():
-            if getattr(config, key) is None:
-                setattr(config, key, value)
-        config.options = {**algorithm.options, **config.options}
-        self.algorithm, self.config, self.out, self.progress = algorithm, config, Path(out), progress
-        self.device = torch.device(config.device)
-        torch.manual_seed(config.seed)
-        self.train_data, self.valid_data, num_classes = search_split(config)
-        self.model = algorithm.network(config, num_classes).to(self.device)
-        self.weights = list(self.model.weights())
-        self.alphas = self.model.arch_parameters()
+
+class BiLevel:
+    """The two optimisation steps of the search on a supernet (no data, no epochs: see ``Search``)."""
+
+    def __init__(self, algorithm: SearchAlgorithm, model: SearchNetwork, config: SearchConfig):
+        self.algorithm, self.model, self.config = algorithm, model, config
+        self.device = next(model.parameters()).device
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        model.to(memory_format=self.memory_format)
+        self.weights = list(model.weights())
+        self.alphas = model.arch_parameters()
         self.w_optimizer = torch.optim.SGD(self.weights, config.lr, momentum=config.momentum,
                                            weight_decay=config.weight_decay)
         self.a_optimizer = torch.optim.Adam(self.alphas, config.arch_lr, betas=tuple(config.arch_betas),
                                             weight_decay=config.arch_weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs,
-                                                                    eta_min=config.lr_min)
-        self.epoch, self.elapsed, self.history = 0, 0.0, []
 
     # -- the two steps -------------------------------------------------------------------------------
+    def batch(self, batch) -> Batch:
+        """A batch on the supernet's device, the images in its memory format."""
+        images, labels = batch
+        return (images.to(self.device, memory_format=self.memory_format, non_blocking=True),
+                labels.to(self.device, non_blocking=True))
+
     def loss(self, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(self.model(batch[0]), batch[1])
 
@@ -203,6 +215,30 @@ class Search:
             p.grad = g
         self.a_optimizer.step()
 
+    def step(self, train: Batch, valid: Optional[Batch]) -> Tuple[float, float]:
+        """One search step: alpha on ``valid`` (skipped when None) and the weights on ``train``, in the
+        algorithm's order; returns the training (loss, accuracy)."""
+        if valid is not None and self.algorithm.arch_first:
+            self.arch_step(train, valid)
+        result = self.weights_step(train)
+        if valid is not None and not self.algorithm.arch_first:
+            self.arch_step(train, valid)
+        return result
+
+
+class Search(BiLevel):
+    """One search run: ``BiLevel`` plus the data halves, the schedule, checkpoints and the record."""
+
+    def __init__(self, algorithm: SearchAlgorithm, config: SearchConfig, out: Path, progress: bool = True):
+        config = with_defaults(algorithm, config)
+        self.out, self.progress = Path(out), progress
+        torch.manual_seed(config.seed)
+        self.train_data, self.valid_data, num_classes = search_split(config)
+        super().__init__(algorithm, algorithm.network(config, num_classes).to(config.device), config)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs,
+                                                                    eta_min=config.lr_min)
+        self.epoch, self.elapsed, self.history = 0, 0.0, []
+
     # -- epochs ---------------------------------------------------------------------------------------
     def _loader(self, data: Dataset, epoch: int, shuffle: bool = True) -> DataLoader:
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)  # the same order on resume
@@ -210,28 +246,21 @@ class Search:
                           num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
                           persistent_workers=False)
 
-    def _to_device(self, batch) -> Batch:
-        return batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
-
     def train_epoch(self, epoch: int, advance) -> Dict[str, float]:
         self.model.train()
         search_arch = epoch >= self.config.arch_warmup
         valid_batches = iter(self._loader(self.valid_data, epoch + 10_000))
         totals = [0.0, 0.0, 0]
         for batch in self._loader(self.train_data, epoch):
-            train = self._to_device(batch)
+            train = self.batch(batch)
             valid = None
             if search_arch:
                 try:
-                    valid = self._to_device(next(valid_batches))
+                    valid = self.batch(next(valid_batches))
                 except StopIteration:
                     valid_batches = iter(self._loader(self.valid_data, epoch + 10_000 + totals[2]))
-                    valid = self._to_device(next(valid_batches))
-            if valid is not None and self.algorithm.arch_first:
-                self.arch_step(train, valid)
-            loss, acc = self.weights_step(train)
-            if valid is not None and not self.algorithm.arch_first:
-                self.arch_step(train, valid)
+                    valid = self.batch(next(valid_batches))
+            loss, acc = self.step(train, valid)
             n = len(train[1])
             totals[0] += loss * n
             totals[1] += acc * n
@@ -245,7 +274,7 @@ class Search:
         self.model.eval()
         loss, correct, n = 0.0, 0.0, 0
         for batch in self._loader(self.valid_data, epoch, shuffle=False):
-            x, y = self._to_device(batch)
+            x, y = self.batch(batch)
             logits = self.model(x)
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(-1) == y).sum().item()
@@ -293,7 +322,8 @@ class Search:
         state = load_state(path)
         saved = json.loads(state["config"])
         mine = _jsonable(dataclasses.asdict(self.config))
-        changed = sorted(k for k in mine if k not in ("data_dir", "num_workers", "device") and saved.get(k) != mine[k])
+        speed_only = ("data_dir", "num_workers", "device", "channels_last")
+        changed = sorted(k for k in mine if k not in speed_only and saved.get(k) != mine[k])
         if changed:
             raise ValueError(f"{path} was written by a run with other settings ({', '.join(changed)}); "
                              "resume with the same options or use another --out")

@@ -77,13 +77,13 @@ class MixedEdge(nn.Module):
     operations, the others bypass them (max-pooled when the edge strides) and the result is shuffled.
     """
 
-    def __init__(self, C: int, stride: int, partial: int = 1):
+    def __init__(self, C: int, stride: int, partial: int = 1, pool_bn: bool = True):
         super().__init__()
         if C % partial:
             raise ValueError(f"partial channels: {C} channels do not split into {partial} groups")
         self.partial = partial
         self.stride = stride
-        self.ops = nn.ModuleList(make_op(name, C // partial, stride, affine=False, pool_bn=True)
+        self.ops = nn.ModuleList(make_op(name, C // partial, stride, affine=False, pool_bn=pool_bn)
                                  for name in PRIMITIVES)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, index: Optional[int] = None) -> torch.Tensor:
@@ -91,8 +91,10 @@ class MixedEdge(nn.Module):
             x, bypass = x.tensor_split([x.shape[1] // self.partial], dim=1)
         if index is None:
             out = sum(w * op(x) for w, op in zip(weights, self.ops))
-        else:
+        elif weights.requires_grad:
             out = self.ops[index](x) * weights[index]
+        else:  # alpha frozen (the weights step): the straight-through weight is exactly 1
+            out = self.ops[index](x)
         if self.partial == 1:
             return out
         if self.stride > 1:
@@ -109,14 +111,14 @@ class SearchCell(nn.Module):
     """
 
     def __init__(self, C_prev_prev: int, C_prev: int, C: int, reduction: bool, reduction_prev: bool,
-                 nodes: int = 4, partial: int = 1):
+                 nodes: int = 4, partial: int = 1, pool_bn: bool = True):
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
         self.multiplier = nodes
         self.preprocess0 = preprocess(C_prev_prev, C, reduction_prev, affine=False)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
-        self.edges = nn.ModuleList(MixedEdge(C, 2 if reduction and j < 2 else 1, partial)
+        self.edges = nn.ModuleList(MixedEdge(C, 2 if reduction and j < 2 else 1, partial, pool_bn)
                                    for i in range(nodes) for j in range(2 + i))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, index: Index = None,
@@ -155,10 +157,13 @@ class SearchNetwork(nn.Module):
     ``strategy`` turns ``alpha`` into edge weights (``Softmax`` or ``GumbelHard``); ``partial`` and
     ``edge_norm`` switch on PC-DARTS's partial channels and edge normalisation; ``fixed_reduction`` uses
     GDAS's fixed reduction cell (FRC) at both reductions, so that only the normal cell is searched.
+    ``pool_bn=False`` and ``last_bn_relu=True`` give the GDAS authors' supernet (``NASNetworkGDAS``):
+    pooling without the parameter-free BN that DARTS puts after it, and BN + ReLU before global pooling.
     """
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, nodes: int = 4, strategy=None,
-                 partial: int = 1, edge_norm: bool = False, fixed_reduction: bool = False, in_chans: int = 3):
+                 partial: int = 1, edge_norm: bool = False, fixed_reduction: bool = False, pool_bn: bool = True,
+                 last_bn_relu: bool = False, in_chans: int = 3):
         super().__init__()
         self.strategy = strategy or Softmax()
         self.nodes = nodes
@@ -171,12 +176,13 @@ class SearchNetwork(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             C_curr *= 2 if reduction else 1
             if reduction and fixed_reduction:
-                cell = FixedReductionCell(C_prev_prev, C_prev, C_curr, reduction_prev)
+                cell = FixedReductionCell(C_prev_prev, C_prev, C_curr, reduction_prev, affine=False)
             else:
-                cell = SearchCell(C_prev_prev, C_prev, C_curr, reduction, reduction_prev, nodes, partial)
+                cell = SearchCell(C_prev_prev, C_prev, C_curr, reduction, reduction_prev, nodes, partial, pool_bn)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+        self.last_act = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU()) if last_bn_relu else nn.Identity()
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
         self.cell_types = ["normal"] if fixed_reduction else ["normal", "reduce"]
@@ -207,4 +213,4 @@ class SearchNetwork(nn.Module):
                 s0, s1 = s1, cell(s0, s1, *mixing["reduce" if cell.reduction else "normal"])
             else:
                 s0, s1 = s1, cell(s0, s1, 0.0)
-        return self.classifier(self.global_pool(s1).flatten(1))
+        return self.classifier(self.global_pool(self.last_act(s1)).flatten(1))
