@@ -41,7 +41,8 @@ def loopback_hub(tmp_path, monkeypatch):
 
 @pytest.fixture
 def tiny_cifar(tmp_path) -> Path:
-    """A CIFAR-10 folder in the standard python layout holding 64 random images (5 train batches, 1 test)."""
+    """A CIFAR-10 folder in the standard python layout: 5 train batches and a test batch of 16 images each,
+    random pixels but for the red channel, which encodes the label (something to learn)."""
     import pickle
 
     import numpy as np
@@ -51,7 +52,9 @@ def tiny_cifar(tmp_path) -> Path:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        labels = rng.integers(0, 10, 16).tolist()
-        batch = {"data": rng.integers(0, 256, (16, 3072), dtype=np.uint8), "labels": labels}
+        labels = rng.integers(0, 10, 16)
+        data = rng.integers(0, 256, (16, 3072), dtype=np.uint8)
+        data[:, :1024] = (labels[:, None] * 25).astype(np.uint8)
+        batch = {"batch_label": name, "labels": labels.tolist(), "data": data}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     return root

@@ -22,22 +22,9 @@ def tiny(epochs=2):
             "--epochs", str(epochs), "--deterministic"]
 
 
-def _write_cifar(root, per_batch=16, seed=0):
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        labels = rng.integers(0, 10, per_batch)
-        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        data[:, :1024] = (labels[:, None] * 25).astype(np.uint8)  # a learnable signal in the red channel
-        with open(folder / name, "wb") as f:
-            pickle.dump({"batch_label": name, "labels": labels.tolist(), "data": data}, f, protocol=2)
-    return root
-
-
 @pytest.fixture
-def cifar(tmp_path):
-    return _write_cifar(tmp_path / "data")
+def cifar(tiny_cifar):
+    return tiny_cifar
 
 
 def run(*args):

@@ -3,9 +3,17 @@
 Each edge samples one operation per forward pass with the Gumbel-max trick and computes only it; the
 gradient reaches alpha through the Gumbel-softmax relaxation at temperature tau (Sec. 3.2, eq. 3-7;
 ``supernet.GumbelHard``). tau decays linearly from 10 to 0.1 over the search (Sec. 4.1). GDAS-FRC
-(Sec. 3.3) searches the normal cell only, with the hand-designed reduction cell fixed. Defaults are the
-authors' (``xautodl``): 240 epochs, batch 64, weights first then alpha in every step; the genotype keeps
-each node's two strongest (operation, input) pairs.
+(Sec. 3.3) searches the normal cell only, with the hand-designed reduction cell fixed. Every step updates
+the weights first, then alpha; the genotype keeps each node's two strongest (operation, input) pairs.
+Defaults: 240 epochs, batch 64. The authors' released search config (NAS-Projects
+``configs/search-opts/GDAS-NASNet-CIFAR.config``) differs: 250 epochs, batch 256, weight decay 5e-4 with
+Nesterov momentum; pass ``--epochs``/``--batch-size`` to follow it.
+
+The supernet is the authors' ``NASNetworkGDAS`` (and ``NASNetworkGDAS_FRC``): pooling without DARTS's
+batch norm after it, BN + ReLU before the global pooling. Their convolutions before a non-affine batch norm
+carry biases, which that batch norm's mean subtraction cancels; ours leave them out. With xautodl's weights
+and the same samples our supernet computes xautodl's logits (``benchmarks/test_search_speed.py``). Note that
+xautodl's ``N=2`` builds 6 cells (``--layers 6``), not the 3N+2 = 8 of DARTS's supernet (our default).
 """
 from typing import Any, Dict
 

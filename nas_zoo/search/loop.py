@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..checkpoint import find_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
 from ..data import CIFAR_LAYOUTS, CifarPickles, DatasetError, cifar_transforms
 from ..genotype import Genotype, parse_genotypes, save_genotype, write_text_atomic
+from ..ops import FactorizedReduce
 from ..zoo import DATASET_STATS, NUM_CLASSES
 from .derive import derive
 from .supernet import SearchNetwork
@@ -159,6 +160,13 @@ def peak_memory(device: torch.device) -> Dict[str, Any]:
     return {"bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "kind": "process peak RSS"}
 
 
+def channels_last_safe(model: nn.Module) -> bool:
+    """False for supernets so narrow that a factorized reduction's convolutions have fewer than 4 output
+    channels: torch's channels-last CPU convolution backward corrupts memory there (torch 2.14, seen with
+    ``--init-channels 4`` and PC-DARTS at 8), so those stay NCHW."""
+    return all(m.conv_1.out_channels >= 4 for m in model.modules() if isinstance(m, FactorizedReduce))
+
+
 def with_defaults(algorithm: SearchAlgorithm, config: SearchConfig) -> SearchConfig:
     """``config`` with its unset fields filled from the algorithm's paper defaults and the loop's."""
     filled = {key: value for key, value in {**LOOP_DEFAULTS, **algorithm.defaults}.items()
@@ -172,7 +180,8 @@ class BiLevel:
     def __init__(self, algorithm: SearchAlgorithm, model: SearchNetwork, config: SearchConfig):
         self.algorithm, self.model, self.config = algorithm, model, config
         self.device = next(model.parameters()).device
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.memory_format = (torch.channels_last if config.channels_last and channels_last_safe(model)
+                              else torch.contiguous_format)
         model.to(memory_format=self.memory_format)
         self.weights = list(model.weights())
         self.alphas = model.arch_parameters()

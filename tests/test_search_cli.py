@@ -1,0 +1,148 @@
+"""``nas-zoo search``: the genotype and record it writes, exact resume, bad input, and the derivation rules."""
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nas_zoo.cli.app import app
+from nas_zoo.genotype import load_genotype
+from nas_zoo.ops import PRIMITIVES
+from nas_zoo.search import Gdas, PcDarts, Search, SearchConfig, derive_cell
+from nas_zoo.search import loop as loop_module
+from nas_zoo.search.loop import channels_last_safe
+
+runner = CliRunner()
+TINY = ["--init-channels", "4", "--layers", "3", "--batch-size", "8", "--workers", "0"]
+RECORD_FIELDS = {"algorithm", "config", "seed", "versions", "device", "wall_time_s", "cpu_hours", "peak_memory",
+                 "epochs_done", "epochs", "architecture", "skip_connections_normal"}
+
+
+def search(algorithm, data, out, *extra, epochs=2):
+    return runner.invoke(app, ["search", algorithm, "--data-dir", str(data), "--out", str(out), "--epochs",
+                               str(epochs), *TINY, *extra])
+
+
+@pytest.mark.parametrize("algorithm, extra, label", [
+    ("darts", [], "darts_1st"), ("darts", ["--order", "2"], "darts_2nd"), ("gdas", [], "gdas"),
+    ("gdas", ["--frc"], "gdas_frc"), ("pc-darts", ["--arch-warmup", "1"], "pc_darts")])
+def test_search_writes_a_genotype_and_its_record(tiny_cifar, tmp_path, algorithm, extra, label):
+    out = tmp_path / "out"
+    result = search(algorithm, tiny_cifar, out, *extra)
+    assert result.exit_code == 0, result.output
+    genotype = load_genotype(out / "genotype.json")
+    assert genotype.name == f"{label}_cifar10_seed2".upper()
+    assert len(genotype.normal) == 8 and all(op != "none" for op, _ in genotype.normal)
+    assert (genotype.reduce is None) == (label == "gdas_frc")
+    record = json.loads((out / "search.json").read_text())
+    assert RECORD_FIELDS <= set(record) and record["algorithm"] == label and record["epochs_done"] == 2
+    assert record["config"]["epochs"] == 2 and record["config"]["init_channels"] == 4 and record["seed"] == 2
+    assert record["versions"]["torch"] == torch.__version__ and record["peak_memory"]["bytes"] > 0
+    assert [e["epoch"] for e in record["epochs"]] == [0, 1]
+    assert all({"train_acc", "valid_acc", "train_loss", "valid_loss", "genotype", "lr"} <= set(e)
+               for e in record["epochs"])
+    assert record["epochs"][-1]["genotype"]["normal"] == [list(edge) for edge in genotype.normal]
+    assert record["skip_connections_normal"] == sum(op == "skip_connect" for op, _ in genotype.normal)
+    cell_types = ["normal"] if label == "gdas_frc" else ["normal", "reduce"]
+    assert sorted(k for k in record["architecture"] if k.startswith("alphas.")) == [f"alphas.{t}" for t in cell_types]
+    assert all(len(record["architecture"][f"alphas.{t}"]) == 14 for t in cell_types)
+    assert ("betas.normal" in record["architecture"]) == (label == "pc_darts")
+    if label.startswith("gdas"):
+        assert [e["tau"] for e in record["epochs"]] == pytest.approx([10.0, 0.1])
+    # the genotype file is one `nas-zoo info` / `nas-zoo train` read
+    info = runner.invoke(app, ["info", str(out / "genotype.json"), "--json"])
+    assert info.exit_code == 0, info.output
+
+
+def test_searched_genotype_trains(tiny_cifar, tmp_path):
+    out = tmp_path / "search"
+    assert search("gdas", tiny_cifar, out, epochs=1).exit_code == 0
+    result = runner.invoke(app, ["train", str(out / "genotype.json"), "--dataset", "cifar10", "--data-dir",
+                                 str(tiny_cifar), "--out", str(tmp_path / "train"), "--init-channels", "4",
+                                 "--layers", "3", "--batch-size", "16", "--num-workers", "0", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "train" / "metrics.jsonl").read_text().count("\n") == 1
+
+
+@pytest.mark.parametrize("algorithm", ["darts", "gdas"])
+def test_search_resume_continues_exactly(tiny_cifar, tmp_path, monkeypatch, algorithm):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert search(algorithm, tiny_cifar, straight).exit_code == 0
+    save = loop_module.save_checkpoint
+
+    def save_then_die(*args, **kwargs):  # the process is killed right after the first epoch's checkpoint
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_die)
+    assert search(algorithm, tiny_cifar, killed).exit_code == 130
+    monkeypatch.setattr(loop_module, "save_checkpoint", save)
+    assert not (killed / "search.json").exists()  # the record is written after the checkpoint
+    result = search(algorithm, tiny_cifar, killed, "--resume")
+    assert result.exit_code == 0, result.output
+    a, b = (json.loads((out / "search.json").read_text()) for out in (straight, killed))
+    strip = ["train_loss", "train_acc", "valid_loss", "valid_acc", "genotype"]
+    assert [[e[k] for k in strip] for e in a["epochs"]] == [[e[k] for k in strip] for e in b["epochs"]]
+    assert a["architecture"] == b["architecture"]
+
+
+def test_search_bad_input_is_one_clear_error(tiny_cifar, tmp_path):
+    out = tmp_path / "out"
+    cases = [
+        (["search", "dart"], "unknown algorithm 'dart'; choose one of darts, gdas, pc-darts"),
+        (["search", "gdas", "--order", "2"], "--order applies to darts only"),
+        (["search", "darts", "--frc"], "--frc applies to gdas only"),
+        (["search", "darts", "--layers", "2"], "at least 3 cells"),
+        (["search", "darts", "--init-channels", "6"], "multiple of 4"),
+        (["search", "darts", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)], str(tmp_path / "nowhere")),
+        (["search", "darts", "--data-dir", str(tiny_cifar), "--out", str(out), "--resume"], "no checkpoint in"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and message in result.output.replace("\n", ""), (args, result.output)
+    assert search("darts", tiny_cifar, out, epochs=1).exit_code == 0
+    again = search("darts", tiny_cifar, out, epochs=1)
+    assert again.exit_code == 2 and "pass --resume" in again.output
+    other = search("darts", tiny_cifar, out, "--resume", "--seed", "3", epochs=1)
+    assert other.exit_code == 2 and "other settings (seed)" in other.output.replace("\n", " ")
+
+
+def test_pc_darts_holds_the_architecture_during_warm_up(tiny_cifar, tmp_path):
+    config = SearchConfig(data_dir=str(tiny_cifar), epochs=2, batch_size=8, init_channels=4, layers=3,
+                          arch_warmup=1, num_workers=0, device="cpu")
+    run = Search(PcDarts(), config, tmp_path / "out", progress=False)
+    start = [p.detach().clone() for p in run.alphas]
+    run.train_epoch(0, lambda: None)
+    assert all(torch.equal(p, q) for p, q in zip(run.alphas, start))
+    run.train_epoch(1, lambda: None)
+    assert not any(torch.equal(p, q) for p, q in zip(run.alphas, start))
+
+
+def test_gdas_samples_one_operation_and_passes_the_gradient_straight_through():
+    alpha = torch.randn(14, 8, requires_grad=True)
+    hard, index = Gdas().network(SearchConfig(init_channels=4, layers=3), 10).strategy(alpha)
+    assert hard.detach().sum(-1).allclose(torch.ones(14)) and len(index) == 14
+    assert all(hard[e, i].item() == pytest.approx(1.0) for e, i in enumerate(index))
+    (hard[0, index[0]] * 1.0).backward()
+    assert alpha.grad[0].abs().sum() > 0 and alpha.grad[1:].abs().sum() == 0
+
+
+def test_derivation_rules():
+    weights = torch.full((14, 8), 0.01)
+    none, skip, sep3 = (PRIMITIVES.index(n) for n in ("none", "skip_connect", "sep_conv_3x3"))
+    weights[:, none] = 0.9  # never chosen
+    weights[0, skip], weights[0, sep3] = 0.5, 0.4  # node 0: both strong operations on input 0 ...
+    weights[1, sep3] = 0.2  # ... and a weaker one on input 1
+    darts = derive_cell(weights)
+    gdas = derive_cell(weights, distinct_inputs=False)
+    assert darts[:2] == [("skip_connect", 0), ("sep_conv_3x3", 1)]  # DARTS: two inputs, best op each
+    assert gdas[:2] == [("skip_connect", 0), ("sep_conv_3x3", 0)]  # GDAS: the two best (op, input) pairs
+    edge_weights = torch.ones(14)
+    edge_weights[0] = 0.1  # PC-DARTS: the edge's beta outweighs its operation weight
+    assert derive_cell(weights, edge_weights=edge_weights)[:2] == [("sep_conv_3x3", 1), ("skip_connect", 0)]
+
+
+def test_narrow_supernets_stay_nchw():
+    """torch's channels-last convolution backward corrupts memory below 4 output channels (loop.py)."""
+    narrow, wide = (PcDarts().network(SearchConfig(init_channels=c, layers=3), 10) for c in (8, 16))
+    assert not channels_last_safe(narrow) and channels_last_safe(wide)
