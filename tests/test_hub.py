@@ -129,14 +129,14 @@ def test_push_pull_evaluate_round_trip(loopback_hub, tmp_path):
     torch.testing.assert_close(logits(by_tag), logits(model), atol=0, rtol=0)
 
 
-def test_train_push_pull_evaluate_through_the_loopback_hub(loopback_hub, tmp_path):
+def test_train_push_pull_evaluate_through_the_loopback_hub(loopback_hub, tmp_path, tiny_cifar):
     """A run of `nas-zoo train`, evaluated, pushed with its evaluation, pulled by repository and evaluated
     again with the pulled data config: the same figures."""
     from nas_zoo.data import DataSpec, build_dataset
     from nas_zoo.train import evaluate_loader, make_loader
-    from tests.test_harness import _write_cifar, tiny
+    from tests.test_harness import tiny
 
-    data = _write_cifar(tmp_path / "data")
+    data = tiny_cifar
     assert runner.invoke(app, ["train", "darts_v2", "--dataset", "cifar10", "--data-dir", str(data), "--out",
                                str(tmp_path / "run"), *tiny(1)]).exit_code == 0
     evaluation = tmp_path / "eval.json"
