@@ -2,6 +2,7 @@
 import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
@@ -38,9 +39,15 @@ def measure_speed(model: nn.Module, input_size, device: torch.device, fast: bool
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name (from /proc/cpuinfo where there is one) and thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    try:
+        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")]
+    except OSError:
+        models = []
+    return f"{models[0] if models else platform.machine()} (CPU, {torch.get_num_threads()} threads)"
 
 
 def model_figures(model: nn.Module, input_size) -> Dict[str, Any]:

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..checkpoint import find_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
 from ..data import CIFAR_LAYOUTS, CifarPickles, DatasetError, cifar_transforms
-from ..genotype import Genotype, parse_genotypes, save_genotype, write_text_atomic
+from ..evaluate import device_name
+from ..genotype import Genotype, parse_genotypes, save_genotype, thaw, write_text_atomic
 from ..ops import FactorizedReduce
 from ..zoo import DATASET_STATS, NUM_CLASSES
 from .derive import derive
@@ -141,17 +142,6 @@ def versions() -> Dict[str, str]:
     from .. import __version__
     return {"nas_zoo": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "timm": timm.__version__, "python": platform.python_version()}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")]
-    except OSError:
-        models = []
-    return f"{models[0] if models else platform.machine()} (CPU, {torch.get_num_threads()} threads)"
 
 
 def peak_memory(device: torch.device) -> Dict[str, Any]:
@@ -303,7 +293,7 @@ class Search(BiLevel):
         hours = self.elapsed / 3600
         arch = {name: p.detach().cpu().tolist() for name, p in self.model.arch.named_parameters()}
         return {
-            "algorithm": self.algorithm.label, "config": _jsonable(dataclasses.asdict(self.config)),
+            "algorithm": self.algorithm.label, "config": thaw(dataclasses.asdict(self.config)),
             "seed": self.config.seed, "versions": versions(), "device": device_name(self.device),
             "wall_time_s": round(self.elapsed, 3),
             ("gpu_hours" if self.device.type == "cuda" else "cpu_hours"): round(hours, 6),
@@ -311,16 +301,16 @@ class Search(BiLevel):
             "architecture": arch, "skip_connections_normal": sum(op == "skip_connect" for op, _ in normal),
         }
 
-    def save(self) -> None:
+    def save(self, genotype: Genotype) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         state = {"epoch": self.epoch, "elapsed": self.elapsed, "history": json.dumps(self.history),
                  "w_optimizer": self.w_optimizer.state_dict(), "a_optimizer": self.a_optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
-                 "config": json.dumps(_jsonable(dataclasses.asdict(self.config)))}
+                 "config": json.dumps(thaw(dataclasses.asdict(self.config)))}
         save_checkpoint(self.out / "checkpoint", self.model, state)
         search = {"algorithm": self.algorithm.label, "dataset": self.config.dataset, "seed": self.config.seed,
                   "epochs": self.epoch, "record": "search.json"}
-        save_genotype(self.genotype(), self.out / "genotype.json", search)
+        save_genotype(genotype, self.out / "genotype.json", search)
         write_text_atomic(self.out / "search.json", json.dumps(self.record(), indent=2) + "\n")
 
     def resume(self) -> bool:
@@ -330,7 +320,7 @@ class Search(BiLevel):
             return False
         state = load_state(path)
         saved = json.loads(state["config"])
-        mine = _jsonable(dataclasses.asdict(self.config))
+        mine = thaw(dataclasses.asdict(self.config))
         speed_only = ("data_dir", "num_workers", "device", "channels_last")
         changed = sorted(k for k in mine if k not in speed_only and saved.get(k) != mine[k])
         if changed:
@@ -367,17 +357,10 @@ class Search(BiLevel):
                                      "genotype": {"normal": [list(e) for e in genotype.normal],
                                                   "reduce": None if genotype.reduce is None
                                                   else [list(e) for e in genotype.reduce]}})
-                self.save()
+                self.save(genotype)
                 bar.update(task, status=f"epoch {self.epoch}/{self.config.epochs} train {stats['train_acc']:.1f}% "
                                         f"valid {stats['valid_acc']:.1f}%")
         if not self.history:  # nothing to do (epochs=0): still write what a search writes
-            self.save()
+            self.save(self.genotype())
         return self.record()
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
