@@ -5,23 +5,18 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from nas_zoo.genotype import DATASETS, Genotype, GenotypeError, RecurrentGenotype, get_genotype, load_genotype
 from nas_zoo.summary import genotype_info, language_model_rows, zoo_rows
 from nas_zoo.zoo import find_model
 
+from .output import console, fail
+from .search import search_app
+
 app = typer.Typer(help="DARTS-family searched architectures: list, inspect, build.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-console = Console(width=None if sys.stdout.isatty() else 160)
 FAMILIES = ["darts", "gdas", "pdarts", "pc_darts", "ednas", "bnasv2"]
-
-
-def fail(message: str) -> "typer.Exit":
-    """Print a one-line error to stderr; the caller raises the returned Exit (status 2)."""
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
 
 
 def resolve_genotype(name_or_file: str) -> tuple[Genotype, Optional[str]]:
@@ -149,9 +144,7 @@ def info_command(
     console.print(table)
 
 
-from .search import search_command  # noqa: E402 (it uses fail() and console from this module)
-
-app.command("search")(search_command)
+app.add_typer(search_app, name="search")
 
 
 def main() -> None:

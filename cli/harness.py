@@ -19,7 +19,8 @@ from nas_zoo.train import Target, device_for_run, evaluate_loader, make_loader, 
 from nas_zoo.zoo import DATASET_TAGS, find_model
 
 from . import lm
-from .app import fail, resolve_genotype
+from .app import resolve_genotype
+from .output import fail
 
 IMAGE_DATASETS = ["cifar10", "cifar100", "imagenet", "folder"]
 TEXT_DATASETS = ["ptb", "wt2"]

@@ -14,7 +14,7 @@ from nas_zoo.genotype import DATASETS, GenotypeError, load_genotype
 from nas_zoo.hub import WEIGHTS_NAME, Target, push_folder, save_pretrained, sha256_of
 from nas_zoo.zoo import DATASET_TAGS, GENOTYPE_MODEL, ModelSpec, find_model
 
-from .app import fail
+from .output import fail
 
 TAG_DATASETS = {tag: dataset for dataset, tag in DATASET_TAGS.items()}
 

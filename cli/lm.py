@@ -20,7 +20,7 @@ def _user_errors():
     try:
         yield
     except (CorpusError, GenotypeError, CheckpointError, LMError, KeyError) as e:
-        from .app import fail
+        from .output import fail
 
         raise fail(str(e).strip('"')) from None
 
@@ -62,7 +62,7 @@ def parse_settings(pairs: List[str]) -> Dict[str, Any]:
         except json.JSONDecodeError:
             sep = ""
         if not sep:
-            from .app import fail
+            from .output import fail
 
             raise fail(f"--set {pair!r}: expected FIELD=NUMBER, e.g. --set epochs=40")
     return overrides

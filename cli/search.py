@@ -1,70 +1,112 @@
-"""``nas-zoo search ALGORITHM``: regenerate a genotype with DARTS, GDAS or PC-DARTS."""
+"""``nas-zoo search ALGORITHM``: one command per entry of ``nas_zoo.search.ALGORITHMS``.
+
+Each command's flags are the shared loop's settings, with that algorithm's paper defaults shown, and the
+options the algorithm declares; nothing here names an algorithm.
+"""
+import inspect
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional, Type
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from nas_zoo.checkpoint import CheckpointError
 from nas_zoo.data import DatasetError
-from nas_zoo.search import ALGORITHMS, Search, SearchConfig
+from nas_zoo.search import ALGORITHMS, Search, SearchAlgorithm, SearchConfig
+from nas_zoo.search.algorithm import LOOP_DEFAULTS
+
+from .output import console, fail
+
+#: click's UsageError, as the click that typer runs on defines it (typer >= 0.20 carries its own copy)
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
-def search_command(
-    algorithm: str = typer.Argument(..., help=f"one of: {', '.join(ALGORITHMS)}"),
-    dataset: str = typer.Option("cifar10", help="cifar10 or cifar100 (the standard python layout)"),
-    data_dir: Path = typer.Option(Path("data"), help="folder holding cifar-10-batches-py / cifar-100-python"),
-    epochs: Optional[int] = typer.Option(None, help="search epochs [default: the paper's]"),
-    batch_size: Optional[int] = typer.Option(None, help="batch size of each half [default: the paper's]"),
-    init_channels: int = typer.Option(16, help="supernet width C"),
-    layers: int = typer.Option(8, help="supernet cells (reductions at 1/3 and 2/3)"),
-    seed: int = typer.Option(2, help="random seed"),
-    order: int = typer.Option(1, help="darts: 1 (first order) or 2 (unrolled, second order)"),
-    frc: bool = typer.Option(False, "--frc", help="gdas: search the normal cell only, fixed reduction cell"),
-    arch_warmup: Optional[int] = typer.Option(None, help="epochs before alpha is updated [default: the paper's; "
-                                                         "pc-darts 15, others 0]"),
-    workers: int = typer.Option(2, help="data-loading worker processes"),
-    channels_last: bool = typer.Option(True, help="activations in NHWC (same math; faster on CPU)"),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... [default: cuda if available]"),
-    resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint"),
-    out: Path = typer.Option(Path("search-out"), help="writes OUT/genotype.json, OUT/search.json, OUT/checkpoint"),
-) -> None:
-    """Search a cell pair; writes the genotype (for `nas-zoo train`/`info`) and the search record."""
-    from .app import console, fail
+class _Algorithms(TyperGroup):
+    """Unknown algorithms get one line naming the known ones."""
 
-    if algorithm not in ALGORITHMS:
-        raise fail(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-    if algorithm != "darts" and order != 1:
-        raise fail("--order applies to darts only")
-    if algorithm != "gdas" and frc:
-        raise fail("--frc applies to gdas only")
-    for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--init-channels", init_channels),
-                        ("--layers", layers)):
-        if value is not None and value < (0 if name == "--epochs" else 1):
-            raise fail(f"{name} must be positive, got {value}")
-    if layers < 3:
-        raise fail(f"--layers {layers}: the supernet needs at least 3 cells (two of them reduce)")
-    if init_channels % 4:
-        raise fail(f"--init-channels {init_channels}: use a multiple of 4 (partial channels and factorized "
-                   "reductions split the channels)")
-    options = {"darts": dict(order=order), "gdas": dict(frc=frc), "pc-darts": {}}[algorithm]
+    def resolve_command(self, ctx, args):
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            raise fail(f"unknown algorithm {args[0]!r}; choose one of {', '.join(ALGORITHMS)}")
+        return super().resolve_command(ctx, args)
+
+
+class _AlgorithmCommand(TyperCommand):
+    """A flag the algorithm does not have, or a bad value, is one line that says where to look."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except UsageError as e:
+            raise fail(f"{e.format_message()} (see nas-zoo search {info_name} --help)") from None
+
+
+search_app = typer.Typer(cls=_Algorithms, no_args_is_help=True, rich_markup_mode=None,
+                         help="Search a cell pair: writes OUT/genotype.json (for nas-zoo train/info), "
+                              "OUT/search.json (the record) and OUT/checkpoint (for --resume).")
+
+
+def _option(name: str, default: Any, help: str, kind: type) -> inspect.Parameter:
+    flag = "--" + name.replace("_", "-")
+    decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                             default=typer.Option(default, *decls, help=help, show_default=True))
+
+
+def _loop_options(defaults: Dict[str, Any], stages: bool) -> list:
+    per_stage = " of each stage" if stages else ""
+    return [
+        _option("dataset", "cifar10", "cifar10 or cifar100 (the standard python layout)", str),
+        _option("data_dir", Path("data"), "folder holding cifar-10-batches-py / cifar-100-python", Path),
+        _option("epochs", defaults["epochs"], f"search epochs{per_stage}", int),
+        _option("batch_size", defaults["batch_size"], "batch size of each half of the training set", int),
+        _option("init_channels", 16, "supernet width C", int),
+        _option("layers", defaults["layers"], "supernet cells (reductions at 1/3 and 2/3)", int),
+        _option("seed", 2, "random seed", int),
+        _option("arch_warmup", defaults["arch_warmup"], f"epochs{per_stage} before alpha is updated", int),
+        _option("num_workers", 2, "data-loading worker processes", int),
+        _option("channels_last", True, "activations in NHWC (same math; faster on CPU)", bool),
+        _option("device", None, "cpu, cuda, cuda:1 ... (default: cuda when available)", Optional[str]),
+        _option("resume", False, "continue from OUT/checkpoint", bool),
+        _option("out", Path("search-out"), "output folder", Path),
+    ]
+
+
+def _command(name: str, algorithm: Type[SearchAlgorithm]):
+    stages = algorithm().stages > 1
+    defaults = {**LOOP_DEFAULTS, **algorithm.defaults}
+    own = [_option(o.name, ",".join(map(str, o.default)) if isinstance(o.default, tuple) else o.default, o.help,
+                   str if isinstance(o.default, tuple) else type(o.default)) for o in algorithm.options]
+
+    def command(**values) -> None:
+        _search(name, algorithm, values)
+
+    command.__signature__ = inspect.Signature(_loop_options(defaults, stages) + own)
+    command.__doc__ = inspect.getmodule(algorithm).__doc__.split("\n\n")[0]
+    return command
+
+
+def _search(name: str, algorithm: Type[SearchAlgorithm], values: Dict[str, Any]) -> None:
+    settings = {o.name: values.pop(o.name) for o in algorithm.options}
+    resume, out, device = values.pop("resume"), values.pop("out"), values.pop("device")
     try:
-        method = ALGORITHMS[algorithm](**options)
-    except ValueError as e:
-        raise fail(str(e)) from None
-    config = SearchConfig(dataset=dataset, data_dir=str(data_dir), epochs=epochs, batch_size=batch_size,
-                          init_channels=init_channels, layers=layers, seed=seed, arch_warmup=arch_warmup,
-                          num_workers=workers, channels_last=channels_last, **({"device": device} if device else {}))
-    try:
+        settings = {o.name: o.parse(settings[o.name]) if isinstance(o.default, tuple) else settings[o.name]
+                    for o in algorithm.options}
+        method = algorithm(**settings)
+        config = SearchConfig(**{**values, "data_dir": str(values["data_dir"])}, **({"device": device} if device else {}))
+        if not resume and (out / "checkpoint").exists():
+            raise fail(f"{out} holds a search already; pass --resume to continue it or choose another --out")
         search = Search(method, config, out, progress=sys.stderr.isatty())
         if resume and not search.resume():
             raise fail(f"--resume: no checkpoint in {out / 'checkpoint'}; run without --resume to start")
-        if not resume and (out / "checkpoint").exists():
-            raise fail(f"{out} holds a search already; pass --resume to continue it or choose another --out")
         record = search.run()
     except (DatasetError, CheckpointError, ValueError) as e:
         raise fail(str(e)) from None
     last = record["epochs"][-1] if record["epochs"] else {}
-    console.print(f"{record['algorithm']}: {record['epochs_done']} epochs, train {last.get('train_acc', 0):.1f}% "
+    console.print(f"{record['algorithm']}: {record['epochs_done']} epoch(s), train {last.get('train_acc', 0):.1f}% "
                   f"valid {last.get('valid_acc', 0):.1f}%, {record['skip_connections_normal']} skip-connections "
                   f"in the normal cell; wrote {out / 'genotype.json'} and {out / 'search.json'}", highlight=False)
+
+
+for _name, _algorithm in ALGORITHMS.items():
+    search_app.command(_name, cls=_AlgorithmCommand)(_command(_name, _algorithm))

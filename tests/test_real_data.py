@@ -54,7 +54,7 @@ def test_search_on_real_images(cifar_few, tmp_path, algorithm, options, epochs):
     out = tmp_path / "search"
     common = ["--dataset", "cifar10", "--data-dir", str(cifar_few), "--init-channels", "8", "--layers", "5",
               "--epochs", str(epochs)]
-    result = runner.invoke(app, ["search", algorithm, *options, *common, "--batch-size", "16", "--workers", "0",
+    result = runner.invoke(app, ["search", algorithm, *options, *common, "--batch-size", "16", "--num-workers", "0",
                                  "--out", str(out)])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "search.json").read_text())

@@ -8,14 +8,16 @@ from typer.testing import CliRunner
 from nas_zoo.cli.app import app
 from nas_zoo.genotype import load_genotype
 from nas_zoo.ops import PRIMITIVES
-from nas_zoo.search import Gdas, PcDarts, Search, SearchConfig, derive_cell
+from nas_zoo.search import Darts, Gdas, PcDarts, Search, SearchConfig
 from nas_zoo.search import loop as loop_module
-from nas_zoo.search.loop import channels_last_safe
+from nas_zoo.search.algorithm import strongest_inputs
+from nas_zoo.search.bilevel import channels_last_safe
+from nas_zoo.search.gdas import strongest_pairs
 
 runner = CliRunner()
-TINY = ["--init-channels", "4", "--layers", "3", "--batch-size", "8", "--workers", "0"]
-RECORD_FIELDS = {"algorithm", "config", "seed", "versions", "device", "wall_time_s", "cpu_hours", "peak_memory",
-                 "epochs_done", "epochs", "architecture", "skip_connections_normal"}
+TINY = ["--init-channels", "4", "--layers", "3", "--batch-size", "8", "--num-workers", "0"]
+RECORD_FIELDS = {"algorithm", "options", "config", "seed", "versions", "device", "wall_time_s", "cpu_hours",
+                 "peak_memory", "epochs_done", "stages", "epochs", "architecture", "skip_connections_normal"}
 
 
 def search(algorithm, data, out, *extra, epochs=2):
@@ -49,6 +51,13 @@ def test_search_writes_a_genotype_and_its_record(tiny_cifar, tmp_path, algorithm
     assert ("betas.normal" in record["architecture"]) == (label == "pc_darts")
     if label.startswith("gdas"):
         assert [e["tau"] for e in record["epochs"]] == pytest.approx([10.0, 0.1])
+    # the record says what the run used: the algorithm's own settings and the filled-in loop settings
+    expected_options = {"darts": {"order": 2 if "2nd" in label else 1}, "pc-darts": {"k": 4},
+                        "gdas": {"frc": label == "gdas_frc", "tau_max": 10.0, "tau_min": 0.1}}[algorithm]
+    assert record["options"] == expected_options and "options" not in record["config"]
+    assert record["config"]["arch_warmup"] == (1 if algorithm == "pc-darts" else 0)
+    assert record["config"]["lr"] == (0.1 if algorithm == "pc-darts" else 0.025)
+    assert [s["stage"] for s in record["stages"]] == [0] and record["stages"][0]["candidates_per_edge"] == 8
     # the genotype file is one `nas-zoo info` / `nas-zoo train` read
     info = runner.invoke(app, ["info", str(out / "genotype.json"), "--json"])
     assert info.exit_code == 0, info.output
@@ -89,9 +98,13 @@ def test_search_resume_continues_exactly(tiny_cifar, tmp_path, monkeypatch, algo
 def test_search_bad_input_is_one_clear_error(tiny_cifar, tmp_path):
     out = tmp_path / "out"
     cases = [
-        (["search", "dart"], "unknown algorithm 'dart'; choose one of darts, gdas, pc-darts"),
-        (["search", "gdas", "--order", "2"], "--order applies to darts only"),
-        (["search", "darts", "--frc"], "--frc applies to gdas only"),
+        (["search", "dart"], "unknown algorithm 'dart'; choose one of darts, gdas, pc-darts, pdarts"),
+        (["search", "gdas", "--order", "2"], "No such option: --order"),
+        (["search", "darts", "--frc"], "No such option: --frc"),
+        (["search", "darts", "--order", "3"], "DARTS --order must be 1 or 2, got 3"),
+        (["search", "pdarts", "--add-layers", "0,x"], "--add-layers '0,x': expected comma-separated int values"),
+        (["search", "pdarts", "--num-to-keep", "5,3,2"], "that end in 1"),
+        (["search", "pdarts", "--add-layers", "0,6"], "one value per stage each; got 0,6 and 0,0,0 and"),
         (["search", "darts", "--layers", "2"], "at least 3 cells"),
         (["search", "darts", "--init-channels", "6"], "multiple of 4"),
         (["search", "darts", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)], str(tmp_path / "nowhere")),
@@ -100,6 +113,7 @@ def test_search_bad_input_is_one_clear_error(tiny_cifar, tmp_path):
     for args, message in cases:
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and message in result.output.replace("\n", ""), (args, result.output)
+        assert result.output.count("\n") == 1, result.output  # one line
     assert search("darts", tiny_cifar, out, epochs=1).exit_code == 0
     again = search("darts", tiny_cifar, out, epochs=1)
     assert again.exit_code == 2 and "pass --resume" in again.output
@@ -111,16 +125,17 @@ def test_pc_darts_holds_the_architecture_during_warm_up(tiny_cifar, tmp_path):
     config = SearchConfig(data_dir=str(tiny_cifar), epochs=2, batch_size=8, init_channels=4, layers=3,
                           arch_warmup=1, num_workers=0, device="cpu")
     run = Search(PcDarts(), config, tmp_path / "out", progress=False)
-    start = [p.detach().clone() for p in run.alphas]
-    run.train_epoch(0, lambda: None)
-    assert all(torch.equal(p, q) for p, q in zip(run.alphas, start))
-    run.train_epoch(1, lambda: None)
-    assert not any(torch.equal(p, q) for p, q in zip(run.alphas, start))
+    alphas = run.bilevel.alphas
+    start = [p.detach().clone() for p in alphas]
+    run.train_epoch(0)
+    assert all(torch.equal(p, q) for p, q in zip(alphas, start))
+    run.train_epoch(1)
+    assert not any(torch.equal(p, q) for p, q in zip(alphas, start))
 
 
 def test_gdas_samples_one_operation_and_passes_the_gradient_straight_through():
     alpha = torch.randn(14, 8, requires_grad=True)
-    hard, index = Gdas().network(SearchConfig(init_channels=4, layers=3), 10).strategy(alpha)
+    hard, index, _ = Gdas().network(SearchConfig(init_channels=4, layers=3), 10).mixing({"alphas": alpha}, 4)
     assert hard.detach().sum(-1).allclose(torch.ones(14)) and len(index) == 14
     assert all(hard[e, i].item() == pytest.approx(1.0) for e, i in enumerate(index))
     (hard[0, index[0]] * 1.0).backward()
@@ -133,13 +148,34 @@ def test_derivation_rules():
     weights[:, none] = 0.9  # never chosen
     weights[0, skip], weights[0, sep3] = 0.5, 0.4  # node 0: both strong operations on input 0 ...
     weights[1, sep3] = 0.2  # ... and a weaker one on input 1
-    darts = derive_cell(weights)
-    gdas = derive_cell(weights, distinct_inputs=False)
+    candidates = [list(PRIMITIVES)] * 14
+    darts = strongest_inputs(weights, candidates, 4)
+    gdas = strongest_pairs(weights, candidates, 4)
     assert darts[:2] == [("skip_connect", 0), ("sep_conv_3x3", 1)]  # DARTS: two inputs, best op each
     assert gdas[:2] == [("skip_connect", 0), ("sep_conv_3x3", 0)]  # GDAS: the two best (op, input) pairs
-    edge_weights = torch.ones(14)
+    edge_weights = torch.ones(14, 1)
     edge_weights[0] = 0.1  # PC-DARTS: the edge's beta outweighs its operation weight
-    assert derive_cell(weights, edge_weights=edge_weights)[:2] == [("sep_conv_3x3", 1), ("skip_connect", 0)]
+    assert strongest_inputs(weights * edge_weights, candidates, 4)[:2] == [("sep_conv_3x3", 1), ("skip_connect", 0)]
+
+
+@pytest.mark.parametrize("algorithm", [Darts(), Gdas(frc=True), PcDarts()])
+def test_algorithms_derive_from_their_own_supernet(algorithm):
+    """Each algorithm's derivation reads the supernet it builds: PC-DARTS ranks edges by beta too."""
+    torch.manual_seed(0)
+    model = algorithm.network(SearchConfig(init_channels=8, layers=3, nodes=4), 10)
+    fields, notes = algorithm.derive(model)
+    assert len(fields["normal"]) == 8 and (fields["reduce"] is None) == isinstance(algorithm, Gdas)
+    if isinstance(algorithm, PcDarts):
+        with torch.no_grad():
+            model.arch.alphas["normal"][2:5] = 0.0
+            model.arch.alphas["normal"][3:5, 4] = 3.0  # node 1: edges 3, 4 peaked, edge 2 (input 0) uniform
+            model.arch.betas["normal"].zero_()
+        plain, _ = algorithm.derive(model)
+        assert [edge[1] for edge in plain["normal"][2:4]] == [1, 2]
+        with torch.no_grad():
+            model.arch.betas["normal"][2] = 10.0  # ... but node 1 weights edge 2 far above the others
+        weighted, _ = algorithm.derive(model)
+        assert weighted["normal"][2][1] == 0
 
 
 def test_narrow_supernets_stay_nchw():

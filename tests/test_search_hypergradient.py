@@ -31,7 +31,7 @@ def _exact_hypergradient(search, train, valid, xi):
 def test_unrolled_hypergradient_matches_autograd(tiny_cifar, tmp_path):
     torch.manual_seed(0)
     config = SearchConfig(data_dir=str(tiny_cifar), init_channels=4, layers=3, num_workers=0, device="cpu")
-    search = Search(Darts(order=2), config, tmp_path / "out", progress=False)
+    search = Search(Darts(order=2), config, tmp_path / "out", progress=False).bilevel
     search.model.double()
     with torch.no_grad():
         for alpha in search.alphas:

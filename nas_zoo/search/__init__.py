@@ -1,14 +1,17 @@
-"""``nas-zoo search``: the shared search machinery (``supernet``, ``loop``, ``derive``) and the algorithms
-built on it, one short file each (``darts``, ``gdas``, ``pc_darts``)."""
+"""``nas-zoo search``: the shared search machinery (``supernet``, ``bilevel``, ``algorithm``, ``loop``) and
+the algorithms built on it, one file each. Adding an algorithm is one file and one line in ``ALGORITHMS``."""
+from .algorithm import Option, SearchAlgorithm, SearchConfig, with_defaults
+from .bilevel import BiLevel
 from .darts import Darts
-from .derive import derive, derive_cell
-from .gdas import Gdas
-from .loop import BiLevel, Search, SearchAlgorithm, SearchConfig, with_defaults
-from .pc_darts import PcDarts
-from .supernet import Architecture, GumbelHard, MixedEdge, SearchCell, SearchNetwork, Softmax
+from .gdas import Gdas, GumbelHard
+from .loop import Search
+from .pc_darts import PartialChannels, PcDarts
+from .pdarts import Pdarts
+from .supernet import Architecture, Mix, MixedEdge, SearchCell, SearchNetwork, Softmax
 
 #: CLI name -> algorithm class
-ALGORITHMS = {"darts": Darts, "gdas": Gdas, "pc-darts": PcDarts}
+ALGORITHMS = {"darts": Darts, "gdas": Gdas, "pc-darts": PcDarts, "pdarts": Pdarts}
 
-__all__ = ["ALGORITHMS", "Architecture", "BiLevel", "Darts", "Gdas", "GumbelHard", "MixedEdge", "PcDarts", "Search",
-           "SearchAlgorithm", "SearchCell", "SearchConfig", "SearchNetwork", "Softmax", "derive", "derive_cell", "with_defaults"]
+__all__ = ["ALGORITHMS", "Architecture", "BiLevel", "Darts", "Gdas", "GumbelHard", "Mix", "MixedEdge", "Option",
+           "PartialChannels", "PcDarts", "Pdarts", "Search", "SearchAlgorithm", "SearchCell", "SearchConfig",
+           "SearchNetwork", "Softmax", "with_defaults"]

@@ -18,7 +18,8 @@ from typing import List, Sequence
 
 import torch
 
-from .loop import Batch, BiLevel, SearchAlgorithm, frozen
+from .algorithm import Option, SearchAlgorithm
+from .bilevel import Batch, BiLevel, frozen
 
 
 class Darts(SearchAlgorithm):
@@ -26,18 +27,19 @@ class Darts(SearchAlgorithm):
 
     name = "darts"
     defaults = dict(epochs=50, batch_size=64, lr=0.025, lr_min=0.001, arch_lr=3e-4)  # train_search.py
+    options = (Option("order", 1, "1: first order; 2: the unrolled (second-order) step of eq. 7-8"),)
 
-    def __init__(self, order: int = 1):
-        if order not in (1, 2):
-            raise ValueError(f"DARTS --order must be 1 or 2, got {order}")
-        super().__init__(order=order)
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        if self.order not in (1, 2):
+            raise ValueError(f"DARTS --order must be 1 or 2, got {self.order}")
 
     @property
     def label(self) -> str:
-        return f"darts_{'1st' if self.options['order'] == 1 else '2nd'}"
+        return f"darts_{'1st' if self.order == 1 else '2nd'}"
 
     def arch_gradient(self, search: BiLevel, train: Batch, valid: Batch) -> Sequence[torch.Tensor]:
-        if self.options["order"] == 1:
+        if self.order == 1:
             return super().arch_gradient(search, train, valid)
         return unrolled_gradient(search, train, valid, search.lr())
 

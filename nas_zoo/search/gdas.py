@@ -2,9 +2,9 @@
 
 Each edge samples one operation per forward pass with the Gumbel-max trick and computes only it; the
 gradient reaches alpha through the Gumbel-softmax relaxation at temperature tau (Sec. 3.2, eq. 3-7;
-``supernet.GumbelHard``). tau decays linearly from 10 to 0.1 over the search (Sec. 4.1). GDAS-FRC
-(Sec. 3.3) searches the normal cell only, with the hand-designed reduction cell fixed. Every step updates
-the weights first, then alpha; the genotype keeps each node's two strongest (operation, input) pairs.
+``GumbelHard``). tau decays linearly from 10 to 0.1 over the search (Sec. 4.1). GDAS-FRC (Sec. 3.3)
+searches the normal cell only, with the hand-designed reduction cell fixed. Every step updates the weights
+first, then alpha; the genotype keeps each node's two strongest (operation, input) pairs.
 Defaults: 240 epochs, batch 64. The authors' released search config (NAS-Projects
 ``configs/search-opts/GDAS-NASNet-CIFAR.config``) differs: 250 epochs, batch 256, weight decay 5e-4 with
 Nesterov momentum; pass ``--epochs``/``--batch-size`` to follow it.
@@ -15,31 +15,103 @@ carry biases, which that batch norm's mean subtraction cancels; ours leave them 
 and the same samples our supernet computes xautodl's logits (``benchmarks/test_search_speed.py``). Note that
 xautodl's ``N=2`` builds 6 cells (``--layers 6``), not the 3N+2 = 8 of DARTS's supernet (our default).
 """
-from typing import Any, Dict
+from typing import Any, Dict, List, Mapping, Tuple
 
-from .loop import SearchAlgorithm, SearchConfig
-from .supernet import GumbelHard, SearchNetwork
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cells import FixedReductionCell
+from ..ops import make_op
+from .algorithm import Option, SearchAlgorithm, SearchConfig, cell_fields, without_none
+from .supernet import Mix, SearchNetwork, Softmax, node_slices
+
+
+class GumbelHard(Softmax):
+    """GDAS eq. 3-7: sample one operation per edge, compute only it, differentiate through a soft sample.
+
+    Forward: ``h = one_hot(argmax(log softmax(alpha) + g))`` with Gumbel noise ``g``; backward: the
+    gradient of ``softmax((log softmax(alpha) + g) / tau)`` (straight-through, ``h - p.detach() + p``).
+    The sample is shared by every cell of one type in a forward pass, as in the authors' code.
+    """
+
+    def __init__(self, tau: float = 10.0):
+        self.tau = tau
+
+    def __call__(self, params: Mapping[str, torch.Tensor], nodes: int) -> Mix:
+        alpha = params["alphas"]
+        while True:  # resample on the (rare) overflow, as the authors do
+            gumbels = -torch.empty_like(alpha).exponential_().log()
+            probs = ((alpha.log_softmax(-1) + gumbels) / self.tau).softmax(-1)
+            if torch.isfinite(gumbels).all() and torch.isfinite(probs).all():
+                break
+        index = probs.argmax(-1)
+        hard = F.one_hot(index, alpha.shape[-1]).to(probs) - probs.detach() + probs
+        return Mix(hard, index.tolist())
+
+
+def gdas_operation(name: str, C: int, stride: int) -> nn.Module:
+    """A candidate of the GDAS authors' supernet: no affine BN, and no BN after pooling."""
+    return make_op(name, C, stride, affine=False, pool_bn=False)
+
+
+class GdasNetwork(SearchNetwork):
+    """``NASNetworkGDAS``: the DARTS supernet with Gumbel edges, GDAS's operations and BN + ReLU before
+    the global pooling."""
+
+    def make_head(self, C: int) -> nn.Module:
+        return nn.Sequential(nn.BatchNorm2d(C), nn.ReLU())
+
+
+class GdasFrcNetwork(GdasNetwork):
+    """``NASNetworkGDAS_FRC``: the fixed reduction cell (searched in its non-affine form) at both reductions."""
+
+    def make_cell(self, C_prev_prev, C_prev, C, reduction, reduction_prev, operation) -> nn.Module:
+        if reduction:
+            return FixedReductionCell(C_prev_prev, C_prev, C, reduction_prev, affine=False)
+        return super().make_cell(C_prev_prev, C_prev, C, reduction, reduction_prev, operation)
+
+
+def strongest_pairs(weights: torch.Tensor, candidates, nodes: int) -> List[Tuple[str, int]]:
+    """The authors' ``NASNetworkGDAS.genotype``: per node the two strongest (operation, input) pairs other
+    than ``none``; both may leave the same input. Ties go to the earlier edge, then operation."""
+    weights = without_none(weights, candidates)
+    cell = []
+    for rows in node_slices(nodes):
+        pairs = sorted(((e, k) for e in range(rows.start, rows.stop) for k in range(weights.shape[1])),
+                       key=lambda ek: -weights[ek].item())[:2]
+        cell += [(candidates[e][k], e - rows.start) for e, k in pairs]
+    return cell
 
 
 class Gdas(SearchAlgorithm):
     name = "gdas"
     defaults = dict(epochs=240, batch_size=64, lr=0.025, lr_min=0.001, arch_lr=3e-4)
-    arch_first = False
-    distinct_inputs = False
-
-    def __init__(self, frc: bool = False, tau_max: float = 10.0, tau_min: float = 0.1):
-        super().__init__(frc=frc, tau_max=tau_max, tau_min=tau_min)
+    options = (Option("frc", False, "search the normal cell only, with GDAS's fixed reduction cell (GDAS-FRC)"),
+               Option("tau_max", 10.0, "Gumbel-softmax temperature at the first epoch"),
+               Option("tau_min", 0.1, "temperature at the last epoch (linear decay)"))
 
     @property
     def label(self) -> str:
-        return "gdas_frc" if self.options["frc"] else "gdas"
+        return "gdas_frc" if self.frc else "gdas"
 
-    def network(self, config: SearchConfig, num_classes: int) -> SearchNetwork:
-        return SearchNetwork(config.init_channels, num_classes, config.layers, config.nodes,
-                             strategy=GumbelHard(self.options["tau_max"]), fixed_reduction=self.options["frc"],
-                             pool_bn=False, last_bn_relu=True)
+    def network(self, config: SearchConfig, num_classes: int, stage: int = 0, candidates=None) -> SearchNetwork:
+        network = GdasFrcNetwork if self.frc else GdasNetwork
+        return network(config.init_channels, num_classes, config.layers, config.nodes, GumbelHard(self.tau_max),
+                       candidates, operation=gdas_operation)
 
-    def start_epoch(self, model: SearchNetwork, epoch: int, epochs: int) -> Dict[str, Any]:
-        hi, lo = self.options["tau_max"], self.options["tau_min"]
-        model.strategy.tau = hi - (hi - lo) * epoch / max(epochs - 1, 1)
-        return {"tau": model.strategy.tau}
+    def start_epoch(self, model: SearchNetwork, config: SearchConfig, stage: int, epoch: int) -> Dict[str, Any]:
+        model.mixing.tau = self.tau_max - (self.tau_max - self.tau_min) * epoch / max(config.epochs - 1, 1)
+        return {"tau": model.mixing.tau}
+
+    def step(self, search, train, valid):
+        """The weights first, then alpha (the authors' ``search_func``)."""
+        result = search.weights_step(train)
+        if valid is not None:
+            search.arch_step(self.arch_gradient(search, train, valid))
+        return result
+
+    def derive(self, model: SearchNetwork):
+        cells = {t: strongest_pairs(model.arch.alphas[t].softmax(-1), model.candidates[t], model.nodes)
+                 for t in model.cell_types}
+        return cell_fields(cells, model.nodes), {}

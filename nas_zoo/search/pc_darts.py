@@ -6,21 +6,77 @@ each node weights its incoming edges by a softmax over ``beta``, and the genotyp
 operation weights times these edge weights. Defaults are the authors' ``train_search.py``: batch 256,
 lr 0.1 -> 0, alpha's Adam lr 6e-4, and alpha and beta frozen for the first 15 of the 50 epochs.
 """
-from .loop import SearchAlgorithm, SearchConfig
-from .supernet import SearchNetwork
+from typing import Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .algorithm import Option, SearchAlgorithm, SearchConfig, cell_fields, strongest_inputs
+from .supernet import Mix, MixedEdge, Operation, SearchNetwork, Softmax, node_slices
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` channel groups (ShuffleNet; PC-DARTS ``channel_shuffle``)."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def node_softmax(beta: torch.Tensor, nodes: int) -> torch.Tensor:
+    """PC-DARTS edge normalisation (eq. 3): a softmax over each node's incoming edges."""
+    return torch.cat([beta[rows].softmax(-1) for rows in node_slices(nodes)])
+
+
+class PartialEdge(nn.Module):
+    """PC-DARTS eq. 2: the first C/K channels go through the candidates, the others bypass them (max-pooled
+    when the edge strides), then the channels are shuffled (``MixedOp`` of ``model_search.py``)."""
+
+    def __init__(self, mixed: MixedEdge, k: int, stride: int):
+        super().__init__()
+        self.mixed, self.k, self.stride = mixed, k, stride
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, index: Optional[int] = None) -> torch.Tensor:
+        x, bypass = x.tensor_split([x.shape[1] // self.k], dim=1)
+        if self.stride > 1:
+            bypass = F.max_pool2d(bypass, 2, 2)
+        return channel_shuffle(torch.cat([self.mixed(x, weights, index), bypass], dim=1), self.k)
+
+
+class PartialChannels(Softmax):
+    """Softmax edges on 1/K of the channels, each node weighting its edges by softmax(beta) (eq. 2-4)."""
+
+    def __init__(self, k: int = 4):
+        self.k = k
+
+    def parameter_shapes(self, edges: int, candidates: int):
+        return {**super().parameter_shapes(edges, candidates), "betas": (edges,)}
+
+    def __call__(self, params: Mapping[str, torch.Tensor], nodes: int) -> Mix:
+        return Mix(params["alphas"].softmax(-1), edge_scale=node_softmax(params["betas"], nodes))
+
+    def edge(self, names: Sequence[str], C: int, stride: int, operation: Operation) -> nn.Module:
+        if C % self.k:
+            raise ValueError(f"partial channels: {C} channels do not split into {self.k} groups")
+        return PartialEdge(super().edge(names, C // self.k, stride, operation), self.k, stride)
 
 
 class PcDarts(SearchAlgorithm):
     name = "pc-darts"
     defaults = dict(epochs=50, batch_size=256, lr=0.1, lr_min=0.0, arch_lr=6e-4, arch_warmup=15)
-
-    def __init__(self, k: int = 4):
-        super().__init__(k=k)
+    options = (Option("k", 4, "partial-channel ratio K: 1/K of each edge's channels go through the operations"),)
 
     @property
     def label(self) -> str:
         return "pc_darts"
 
-    def network(self, config: SearchConfig, num_classes: int) -> SearchNetwork:
+    def network(self, config: SearchConfig, num_classes: int, stage: int = 0, candidates=None) -> SearchNetwork:
         return SearchNetwork(config.init_channels, num_classes, config.layers, config.nodes,
-                             partial=self.options["k"], edge_norm=True)
+                             PartialChannels(self.k), candidates)
+
+    def derive(self, model: SearchNetwork):
+        """DARTS's rule on the operation weights times the edge weights (Sec. 3.3)."""
+        cells = {}
+        for t in model.cell_types:
+            weights = model.arch.alphas[t].softmax(-1) * node_softmax(model.arch.betas[t], model.nodes)[:, None]
+            cells[t] = strongest_inputs(weights, model.candidates[t], model.nodes)
+        return cell_fields(cells, model.nodes), {}

@@ -1,0 +1,192 @@
+"""What a search algorithm is: its paper's settings, its own options and the parts of the search it owns.
+
+The run (``loop.Search``) and the two optimisation steps (``bilevel.BiLevel``) are shared. An algorithm
+(``darts.py``, ``gdas.py``, ``pc_darts.py``, ``pdarts.py``) is one subclass of ``SearchAlgorithm`` that
+says what differs in its paper: the loop settings it uses by default, its own options (declared, so that
+the command line and the search record come from them), the supernet of each stage, the step and the
+architecture gradient, per-epoch schedules, how candidates shrink between stages and how the genotype is
+derived. The base class is DARTS first order: one stage, alpha step then weights step, softmax edges,
+Sec. 2.4's derivation.
+"""
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .bilevel import frozen
+from .supernet import SearchNetwork, node_slices
+
+if TYPE_CHECKING:
+    from .bilevel import Batch, BiLevel
+
+#: per cell type, one list of candidate operation names per edge
+Candidates = Dict[str, List[List[str]]]
+
+
+@dataclass
+class SearchConfig:
+    """The settings of the shared loop; ``None`` fields take the algorithm's paper defaults."""
+
+    dataset: str = "cifar10"
+    data_dir: str = "data"
+    epochs: Optional[int] = None  # per stage, for algorithms with stages (P-DARTS)
+    batch_size: Optional[int] = None
+    init_channels: int = 16
+    layers: Optional[int] = None
+    nodes: int = 4
+    seed: int = 2
+    train_portion: float = 0.5
+    lr: Optional[float] = None
+    lr_min: Optional[float] = None
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: Optional[float] = None
+    arch_betas: Tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    arch_warmup: Optional[int] = None  # epochs (of each stage) of weights-only training before alpha moves
+    num_workers: int = 2
+    channels_last: bool = True  # activations in NHWC: same math, faster depthwise convolutions on CPU
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def check(self) -> None:
+        """Refuse settings no supernet can run, with the flag to change."""
+        for name in ("epochs", "batch_size", "init_channels", "layers"):
+            value = getattr(self, name)
+            if value < (0 if name == "epochs" else 1):
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.layers < 3:
+            raise ValueError(f"--layers {self.layers}: the supernet needs at least 3 cells (two of them reduce)")
+        if self.init_channels % 4:
+            raise ValueError(f"--init-channels {self.init_channels}: use a multiple of 4 (partial channels and "
+                             "factorized reductions split the channels)")
+
+
+#: Defaults of the bi-level loop (DARTS's ``train_search.py``); an algorithm overrides its paper's.
+LOOP_DEFAULTS = dict(epochs=50, batch_size=64, layers=8, lr=0.025, lr_min=0.001, arch_lr=3e-4, arch_warmup=0)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting of an algorithm: a constructor argument, a ``nas-zoo search ALGO`` flag, a record field.
+    Tuples are given on the command line as comma-separated values (``--add-layers 0,6,12``)."""
+
+    name: str
+    default: Any
+    help: str
+
+    def parse(self, text: str) -> Any:
+        kind = type(self.default[0])
+        try:
+            return tuple(kind(x) for x in text.split(","))
+        except ValueError:
+            raise ValueError(f"--{self.name.replace('_', '-')} {text!r}: expected comma-separated "
+                             f"{kind.__name__} values like {','.join(map(str, self.default))}") from None
+
+
+class SearchAlgorithm:
+    """One search method on the shared parts; DARTS first order unless a subclass says otherwise."""
+
+    name = ""
+    #: the paper's loop settings (``SearchConfig`` fields), over ``LOOP_DEFAULTS``
+    defaults: Dict[str, Any] = {}
+    #: the algorithm's own settings, each a constructor argument and a command-line flag
+    options: Tuple[Option, ...] = ()
+    #: how the derived genotype is evaluated (the record's ``evaluations``)
+    evaluation = dict(network="cifar", C=36, layers=20)
+    stages = 1
+
+    def __init__(self, **settings):
+        declared = {o.name: o.default for o in self.options}
+        unknown = set(settings) - set(declared)
+        if unknown:
+            raise TypeError(f"{self.name} takes no option {sorted(unknown)[0]!r}; its options: "
+                            f"{', '.join(declared) or 'none'}")
+        for key, value in {**declared, **settings}.items():
+            setattr(self, key, value)
+
+    def settings(self) -> Dict[str, Any]:
+        """The values of the declared options, read from the attributes the algorithm runs with."""
+        return {o.name: getattr(self, o.name) for o in self.options}
+
+    @property
+    def label(self) -> str:
+        """The variant's name, as used in genotype names (``darts_2nd``, ``gdas_frc``)."""
+        return self.name
+
+    # -- the supernet ----------------------------------------------------------------------------------
+    def network(self, config: SearchConfig, num_classes: int, stage: int = 0,
+                candidates: Optional[Candidates] = None) -> SearchNetwork:
+        """The supernet of ``stage`` (a new one per stage), on the candidates carried from the last stage."""
+        return SearchNetwork(config.init_channels, num_classes, config.layers, config.nodes, candidates=candidates)
+
+    def describe_stage(self, config: SearchConfig, stage: int) -> Dict[str, Any]:
+        """What the record notes about a stage beside its cells, width and candidates."""
+        return {}
+
+    def next_candidates(self, model: SearchNetwork, stage: int) -> Candidates:
+        """The candidates the stage after ``stage`` searches (algorithms with stages only)."""
+        raise NotImplementedError(f"{self.name} has one stage")
+
+    # -- one epoch, one step ---------------------------------------------------------------------------
+    def start_epoch(self, model: SearchNetwork, config: SearchConfig, stage: int, epoch: int) -> Dict[str, Any]:
+        """Per-epoch schedule of the algorithm (GDAS's tau); returns what the record should note."""
+        return {}
+
+    def step(self, search: "BiLevel", train: "Batch", valid: Optional["Batch"]) -> Tuple[float, float]:
+        """One search step (DARTS Alg. 1): alpha on ``valid`` (None during a warm-up), then the weights on
+        ``train``; returns the training (loss, accuracy)."""
+        if valid is not None:
+            search.arch_step(self.arch_gradient(search, train, valid))
+        return search.weights_step(train)
+
+    def arch_gradient(self, search: "BiLevel", train: "Batch", valid: "Batch") -> Sequence[torch.Tensor]:
+        """The first-order architecture gradient: d L_val(w, alpha) / d alpha (DARTS eq. 6 with xi = 0)."""
+        with frozen(search.weights):
+            return search.grad(search.loss(valid), search.alphas)
+
+    # -- the genotype ----------------------------------------------------------------------------------
+    def derive(self, model: SearchNetwork) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """The genotype's cell fields (``normal``, ``reduce``, concats) and what the record notes about them."""
+        cells = {t: strongest_inputs(model.arch.alphas[t].softmax(-1), model.candidates[t], model.nodes)
+                 for t in model.cell_types}
+        return cell_fields(cells, model.nodes), {}
+
+
+def strongest_inputs(weights: torch.Tensor, candidates: Sequence[Sequence[str]], nodes: int) -> List[Tuple[str, int]]:
+    """DARTS Sec. 2.4 (``model_search.Network.genotype``): for each node the two inputs whose strongest
+    operation other than ``none`` weighs most, each with that operation; ties go to the earlier edge or
+    operation. ``weights`` is (edges x candidates), ``candidates`` names each edge's columns."""
+    weights = without_none(weights, candidates)
+    cell = []
+    for rows in node_slices(nodes):
+        edges = range(rows.start, rows.stop)
+        for e in sorted(edges, key=lambda e: -weights[e].max().item())[:2]:
+            cell.append((candidates[e][int(weights[e].argmax())], e - rows.start))
+    return cell
+
+
+def without_none(weights: torch.Tensor, candidates: Sequence[Sequence[str]]) -> torch.Tensor:
+    """A float64 CPU copy of ``weights`` with every ``none`` column at -1, below any real weight."""
+    weights = weights.detach().double().cpu().clone()
+    for e, names in enumerate(candidates):
+        if "none" in names:
+            weights[e, names.index("none")] = -1.0
+    return weights
+
+
+def cell_fields(cells: Dict[str, List[Tuple[str, int]]], nodes: int) -> Dict[str, Any]:
+    """Genotype record fields from the derived cells; a type that was not searched (GDAS's fixed reduction
+    cell) is ``None``."""
+    concat = list(range(2, nodes + 2))
+    return {"normal": [list(e) for e in cells["normal"]], "normal_concat": concat,
+            "reduce": [list(e) for e in cells["reduce"]] if "reduce" in cells else None, "reduce_concat": concat}
+
+
+def with_defaults(algorithm: SearchAlgorithm, config: SearchConfig) -> SearchConfig:
+    """``config`` with its unset fields filled from the algorithm's paper defaults and the loop's."""
+    filled = {key: value for key, value in {**LOOP_DEFAULTS, **algorithm.defaults}.items()
+              if getattr(config, key) is None}
+    return dataclasses.replace(config, **filled)
+
