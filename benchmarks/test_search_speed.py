@@ -37,7 +37,7 @@ from xautodl.models.cell_operations import SearchSpaceNames  # noqa: E402
 from xautodl.models.cell_searchs import nasnet_super_nets  # noqa: E402
 
 from nas_zoo.ops import PRIMITIVES  # noqa: E402
-from nas_zoo.search import BiLevel, Darts, Gdas, GumbelHard, SearchConfig, with_defaults  # noqa: E402
+from nas_zoo.search import BiLevel, Darts, Gdas, GumbelHard, Mix, SearchConfig, with_defaults  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 C, N, BATCH, CLASSES = 16, 2, 64, 10
@@ -53,9 +53,9 @@ class SameSamples(GumbelHard):
     """Our Gumbel sampler with its noise laid over xautodl's operation order: the same seed samples the
     same operations on both sides."""
 
-    def __call__(self, alpha):
-        hard, index = super().__call__(alpha[:, OUR_COLUMN])
-        return hard[:, THEIR_COLUMN], [OUR_COLUMN[i] for i in index]
+    def __call__(self, params, nodes):
+        hard, index, _ = super().__call__({"alphas": params["alphas"][:, OUR_COLUMN]}, nodes)
+        return Mix(hard[:, THEIR_COLUMN], [OUR_COLUMN[i] for i in index])
 
 
 def _sync():
@@ -112,8 +112,8 @@ def _start_from(model, theirs):
     with torch.no_grad():
         model.arch.alphas["normal"].copy_(theirs.arch_normal_parameters[:, THEIR_COLUMN])
         model.arch.alphas["reduce"].copy_(theirs.arch_reduce_parameters[:, THEIR_COLUMN])
-    if isinstance(model.strategy, GumbelHard):
-        model.strategy = SameSamples(model.strategy.tau)
+    if isinstance(model.mixing, GumbelHard):
+        model.mixing = SameSamples(model.mixing.tau)
 
 
 def _copy_weights(model, theirs):
