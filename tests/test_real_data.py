@@ -46,15 +46,17 @@ def cifar_few(tmp_path_factory):
     return folder.parent
 
 
-@pytest.mark.parametrize("algorithm, options, epochs", [("darts", [], 3), ("pc-darts", ["--arch-warmup", "1"], 3)])
+@pytest.mark.parametrize("algorithm, options, epochs", [
+    ("darts", [], 3), ("pc-darts", ["--arch-warmup", "1"], 3),
+    ("pdarts", ["--layers", "3", "--add-layers", "0,1,2", "--arch-warmup", "1"], 2)])
 def test_search_on_real_images(cifar_few, tmp_path, algorithm, options, epochs):
-    """A C=8, 5-cell supernet: validation accuracy above chance (10%, +-1.7% on 320 images), a valid
-    genotype, and that genotype trains with `nas-zoo train`."""
+    """A C=8, 5-cell supernet (P-DARTS: three stages of 3, 4, 5 cells, 2 epochs each): validation accuracy
+    above chance (10%, +-1.7% on 320 images), a valid genotype, and that genotype trains with `nas-zoo train`."""
     runner = CliRunner()
     out = tmp_path / "search"
     common = ["--dataset", "cifar10", "--data-dir", str(cifar_few), "--init-channels", "8", "--layers", "5",
               "--epochs", str(epochs)]
-    result = runner.invoke(app, ["search", algorithm, *options, *common, "--batch-size", "16", "--num-workers", "0",
+    result = runner.invoke(app, ["search", algorithm, *common, *options, "--batch-size", "16", "--num-workers", "0",
                                  "--out", str(out)])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "search.json").read_text())

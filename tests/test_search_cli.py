@@ -1,5 +1,6 @@
 """``nas-zoo search``: the genotype and record it writes, exact resume, bad input, and the derivation rules."""
 import json
+import re
 
 import pytest
 import torch
@@ -8,7 +9,9 @@ from typer.testing import CliRunner
 from nas_zoo.cli.app import app
 from nas_zoo.genotype import load_genotype
 from nas_zoo.ops import PRIMITIVES
-from nas_zoo.search import Darts, Gdas, PcDarts, Search, SearchConfig
+from nas_zoo.search import (ALGORITHMS, Darts, Gdas, Mix, Option, PcDarts, Search, SearchAlgorithm, SearchConfig,
+                            SearchNetwork, Softmax)
+from nas_zoo.search.algorithm import LOOP_DEFAULTS
 from nas_zoo.search import loop as loop_module
 from nas_zoo.search.algorithm import strongest_inputs
 from nas_zoo.search.bilevel import channels_last_safe
@@ -182,3 +185,53 @@ def test_narrow_supernets_stay_nchw():
     """torch's channels-last convolution backward corrupts memory below 4 output channels (loop.py)."""
     narrow, wide = (PcDarts().network(SearchConfig(init_channels=c, layers=3), 10) for c in (8, 16))
     assert not channels_last_safe(narrow) and channels_last_safe(wide)
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_each_algorithm_has_its_command_with_its_own_options(name):
+    """`nas-zoo search NAME --help` is made from the registry: the algorithm's declared options and its paper
+    defaults, nothing of the other algorithms'."""
+    algorithm = ALGORITHMS[name]
+    result = runner.invoke(app, ["search", name, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    flags = {o.name.replace("_", "-") for o in algorithm.options}
+    others = {o.name.replace("_", "-") for a in ALGORITHMS.values() if a is not algorithm for o in a.options}
+    assert all(f"--{flag}" in result.output for flag in flags)
+    assert not any(f"--{flag} " in result.output for flag in others - flags)
+    defaults = {**LOOP_DEFAULTS, **algorithm.defaults}
+    assert re.search(rf"--epochs\s.*default: {defaults['epochs']}\]", result.output)
+    assert re.search(rf"--batch-size\s.*default: {defaults['batch_size']}\]", result.output)
+
+
+class UniformSampling(SearchAlgorithm):
+    """A toy algorithm written outside the package: one operation per edge sampled uniformly (alpha only
+    ranks them), the weights step only, the strongest single input per node."""
+
+    name = "uniform"
+    options = (Option("temperature", 1.0, "unused"),)
+
+    class Mixing(Softmax):
+        def __call__(self, params, nodes):
+            alpha = params["alphas"]
+            index = torch.randint(0, alpha.shape[1], (alpha.shape[0],)).tolist()
+            return Mix(torch.ones_like(alpha), index)
+
+    def network(self, config, num_classes, stage=0, candidates=None):
+        return SearchNetwork(config.init_channels, num_classes, config.layers, config.nodes, self.Mixing(), candidates)
+
+    def step(self, search, train, valid):
+        return search.weights_step(train)
+
+
+def test_a_new_algorithm_is_one_class_on_the_shared_parts(tiny_cifar, tmp_path):
+    config = SearchConfig(data_dir=str(tiny_cifar), epochs=1, batch_size=8, init_channels=4, layers=3,
+                          num_workers=0, device="cpu")
+    run = Search(UniformSampling(temperature=2.0), config, tmp_path / "out", progress=False)
+    before = [p.detach().clone() for p in run.model.weights()]
+    record = run.run()
+    assert record["algorithm"] == "uniform" and record["options"] == {"temperature": 2.0}
+    assert record["epochs_done"] == 1 and record["config"]["lr"] == LOOP_DEFAULTS["lr"]
+    assert not all(torch.equal(p, q) for p, q in zip(run.model.weights(), before))
+    assert load_genotype(tmp_path / "out" / "genotype.json").name == "UNIFORM_CIFAR10_SEED2"
+    with pytest.raises(TypeError, match="uniform takes no option 'order'"):
+        UniformSampling(order=2)
