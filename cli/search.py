@@ -4,7 +4,6 @@ Each command's flags are the shared loop's settings, with that algorithm's paper
 options the algorithm declares; nothing here names an algorithm.
 """
 import inspect
-import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Type
 
@@ -96,14 +95,15 @@ def _search(name: str, algorithm: Type[SearchAlgorithm], values: Dict[str, Any])
         config = SearchConfig(**{**values, "data_dir": str(values["data_dir"])}, **({"device": device} if device else {}))
         if not resume and (out / "checkpoint").exists():
             raise fail(f"{out} holds a search already; pass --resume to continue it or choose another --out")
-        search = Search(method, config, out, progress=sys.stderr.isatty())
+        search = Search(method, config, out)
         if resume and not search.resume():
             raise fail(f"--resume: no checkpoint in {out / 'checkpoint'}; run without --resume to start")
         record = search.run()
     except (DatasetError, CheckpointError, ValueError) as e:
         raise fail(str(e)) from None
     last = record["epochs"][-1] if record["epochs"] else {}
-    console.print(f"{record['algorithm']}: {record['epochs_done']} epoch(s), train {last.get('train_acc', 0):.1f}% "
+    epochs = f"{record['epochs_done']} epoch{'' if record['epochs_done'] == 1 else 's'}"
+    console.print(f"{record['algorithm']}: {epochs}, train {last.get('train_acc', 0):.1f}% "
                   f"valid {last.get('valid_acc', 0):.1f}%, {record['skip_connections_normal']} skip-connections "
                   f"in the normal cell; wrote {out / 'genotype.json'} and {out / 'search.json'}", highlight=False)
 

@@ -35,6 +35,7 @@ def test_search_writes_a_genotype_and_its_record(tiny_cifar, tmp_path, algorithm
     out = tmp_path / "out"
     result = search(algorithm, tiny_cifar, out, *extra)
     assert result.exit_code == 0, result.output
+    assert f"{label} epoch 1/2: train" in result.output and f"{label} epoch 2/2: train" in result.output
     genotype = load_genotype(out / "genotype.json")
     assert genotype.name == f"{label}_cifar10_seed2".upper()
     assert len(genotype.normal) == 8 and all(op != "none" for op, _ in genotype.normal)

@@ -169,25 +169,28 @@ class Search:
         return self.history[-1]
 
     def run(self) -> Dict[str, Any]:
-        """Every remaining epoch of every stage; ends by (re)writing the outputs from the last checkpoint."""
+        """Every remaining epoch of every stage; ends by (re)writing the outputs from the last checkpoint.
+        With ``progress``, a bar on stderr and one line per finished epoch that stays (pipes get the lines)."""
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         epochs, stages = self.config.epochs, self.algorithm.stages
         steps = math.ceil(len(self.train_data) / self.config.batch_size)
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   TextColumn("{task.fields[status]}")]
-        with Progress(*columns, disable=not self.progress) as bar:
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+        with Progress(*columns, console=Console(stderr=True), disable=not self.progress) as bar:
             task = bar.add_task(self.algorithm.label, total=steps * epochs * stages,
-                                completed=steps * (self.stage * epochs + self.epoch), status="")
+                                completed=steps * (self.stage * epochs + self.epoch))
             while True:
                 if self.epoch == epochs:
                     if self.stage + 1 == stages:
                         break
                     self.start_stage(self.stage + 1, self.algorithm.next_candidates(self.model, self.stage))
                 done = self.run_epoch(lambda: bar.advance(task))
-                stage = f"stage {self.stage + 1}/{stages} " if stages > 1 else ""
-                bar.update(task, status=f"{stage}epoch {self.epoch}/{epochs} train {done['train_acc']:.1f}% "
-                                        f"valid {done['valid_acc']:.1f}%")
+                if self.progress:
+                    stage = f"stage {self.stage + 1}/{stages} " if stages > 1 else ""
+                    bar.console.print(f"{self.algorithm.label} {stage}epoch {self.epoch}/{epochs}: train "
+                                      f"{done['train_acc']:.1f}% valid {done['valid_acc']:.1f}% (loss "
+                                      f"{done['train_loss']:.3f} / {done['valid_loss']:.3f})", highlight=False)
         self.write_outputs(self.genotype())
         return self.record()
 
