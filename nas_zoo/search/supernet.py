@@ -96,10 +96,12 @@ class SearchCell(nn.Module):
     """
 
     def __init__(self, C_prev_prev: int, C_prev: int, C: int, reduction: bool, reduction_prev: bool,
-                 candidates: Sequence[Sequence[str]], mixing, operation: Operation, nodes: int = 4):
+                 candidates: Sequence[Sequence[str]], mixing, operation: Operation, nodes: int = 4,
+                 cell_type: Optional[str] = None):
         super().__init__()
         self.reduction = reduction
-        self.cell_type = "reduce" if reduction else "normal"
+        # the alpha it mixes with: DARTS's reduction cells use "reduce"; BNAS's stride-2 cells use "normal"
+        self.cell_type = cell_type or ("reduce" if reduction else "normal")
         self.nodes = nodes
         self.multiplier = nodes
         self.preprocess0 = preprocess(C_prev_prev, C, reduction_prev, affine=False)
@@ -137,7 +139,37 @@ class Architecture(nn.Module):
         return {kind: params[cell_type] for kind, params in self.named_children() if cell_type in params}
 
 
-class SearchNetwork(nn.Module):
+class Supernet(nn.Module):
+    """What every search network has: its ``mixing``, the ``candidates`` of each cell type, the searched
+    ``cell_types`` and their architecture parameters (``arch``), apart from the weights."""
+
+    def __init__(self, nodes: int, mixing, candidates: Optional[Mapping[str, Sequence[Sequence[str]]]]):
+        super().__init__()
+        self.mixing = mixing or Softmax()
+        self.nodes = nodes
+        every = [list(PRIMITIVES)] * num_edges(nodes)
+        self.candidates = {t: [list(names) for names in (candidates or {}).get(t, every)] for t in ("normal", "reduce")}
+
+    def init_architecture(self) -> None:
+        """Create ``arch`` for the searched cells built so far (call once the cells exist)."""
+        searched = {m.cell_type for m in self.modules() if isinstance(m, SearchCell)}
+        self.cell_types = [t for t in ("normal", "reduce") if t in searched]
+        self.arch = Architecture({t: self.mixing.parameter_shapes(num_edges(self.nodes), len(self.candidates[t][0]))
+                                  for t in self.cell_types})
+
+    def mixes(self) -> Dict[str, Mix]:
+        """One Mix per searched cell type and forward pass, shared by the cells of that type."""
+        return {t: self.mixing(self.arch.of(t), self.nodes) for t in self.cell_types}
+
+    def weights(self) -> Iterator[nn.Parameter]:
+        """The network weights (everything but the architecture parameters)."""
+        return (p for name, p in self.named_parameters() if not name.startswith("arch."))
+
+    def arch_parameters(self) -> List[nn.Parameter]:
+        return list(self.arch.parameters())
+
+
+class SearchNetwork(Supernet):
     """The DARTS search network (``model_search.Network``): stem, cells, global pooling, classifier.
 
     ``mixing`` (``Softmax`` by default) turns the architecture parameters into edge weights;
@@ -148,11 +180,7 @@ class SearchNetwork(nn.Module):
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, nodes: int = 4, mixing=None,
                  candidates: Optional[Mapping[str, Sequence[Sequence[str]]]] = None,
                  operation: Operation = search_operation, in_chans: int = 3):
-        super().__init__()
-        self.mixing = mixing or Softmax()
-        self.nodes = nodes
-        every = [list(PRIMITIVES)] * num_edges(nodes)
-        self.candidates = {t: [list(names) for names in (candidates or {}).get(t, every)] for t in ("normal", "reduce")}
+        super().__init__(nodes, mixing, candidates)
         C_curr = STEM_MULTIPLIER * C
         self.stem = nn.Sequential(nn.Conv2d(in_chans, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
@@ -168,10 +196,7 @@ class SearchNetwork(nn.Module):
         self.last_act = self.make_head(C_prev)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
-        searched = {cell.cell_type for cell in self.cells if isinstance(cell, SearchCell)}
-        self.cell_types = [t for t in ("normal", "reduce") if t in searched]
-        self.arch = Architecture({t: self.mixing.parameter_shapes(num_edges(nodes), len(self.candidates[t][0]))
-                                  for t in self.cell_types})
+        self.init_architecture()
 
     def make_cell(self, C_prev_prev: int, C_prev: int, C: int, reduction: bool, reduction_prev: bool,
                   operation: Operation) -> nn.Module:
@@ -182,16 +207,8 @@ class SearchNetwork(nn.Module):
         """What runs between the last cell and the global pooling (nothing in DARTS)."""
         return nn.Identity()
 
-    def weights(self) -> Iterator[nn.Parameter]:
-        """The network weights (everything but the architecture parameters)."""
-        return (p for name, p in self.named_parameters() if not name.startswith("arch."))
-
-    def arch_parameters(self) -> List[nn.Parameter]:
-        return list(self.arch.parameters())
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # one Mix per searched cell type and forward pass, shared by the cells of that type
-        mixes = {t: self.mixing(self.arch.of(t), self.nodes) for t in self.cell_types}
+        mixes = self.mixes()
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             if isinstance(cell, SearchCell):
