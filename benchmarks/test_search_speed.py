@@ -17,14 +17,9 @@ to show what it gives.
 
 Run: ``pip install --no-deps xautodl; python -m pytest benchmarks/test_search_speed.py``.
 """
-import json
-import os
-import re
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -39,7 +34,8 @@ from xautodl.models.cell_searchs import nasnet_super_nets  # noqa: E402
 from nas_zoo.ops import PRIMITIVES  # noqa: E402
 from nas_zoo.search import BiLevel, Darts, Gdas, GumbelHard, Mix, SearchConfig, with_defaults  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from measure import DEVICE, peak_memory, report_peak, seeded  # noqa: E402
+
 C, N, BATCH, CLASSES = 16, 2, 64, 10
 ROUNDS = {"gdas": 8, "darts": 3}
 THEIR_NAMES = {"dua_sepc_3x3": "sep_conv_3x3", "dua_sepc_5x5": "sep_conv_5x5", "dil_sepc_3x3": "dil_conv_3x3",
@@ -56,11 +52,6 @@ class SameSamples(GumbelHard):
     def __call__(self, params, nodes):
         hard, index, _ = super().__call__({"alphas": params["alphas"][:, OUR_COLUMN]}, nodes)
         return Mix(hard[:, THEIR_COLUMN], [OUR_COLUMN[i] for i in index])
-
-
-def _sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 def _batches():
@@ -157,33 +148,19 @@ def test_gdas_supernets_agree():
         torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
 
 
-def _seeded(step, seed):
-    torch.manual_seed(seed)
-    step()
-    _sync()
-
-
-def _peak_memory(side: str, algorithm: str, channels_last: bool) -> int:
-    """Peak bytes of one step above its starting point, measured in a fresh process (see ``__main__``)."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed blocks go back to the OS: RSS = live memory
-    out = subprocess.run([sys.executable, __file__, side, algorithm, str(channels_last)], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_bytes"]
-
-
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("algorithm", ["gdas", "darts"])
 def test_search_step_against_xautodl(benchmark, algorithm, channels_last):
     net, theirs = _xautodl(algorithm)
     ours = _ours(algorithm, channels_last, start_from=net)
     seeds = range(ROUNDS[algorithm])
-    _seeded(theirs, 1000)
+    seeded(theirs, 1000)
     their_times = []
     for seed in seeds:
         start = time.perf_counter()
-        _seeded(theirs, seed)
+        seeded(theirs, seed)
         their_times.append(time.perf_counter() - start)
-    _seeded(ours, 1000)
+    seeded(ours, 1000)
     next_seed = iter(seeds)
 
     def reseed():
@@ -191,7 +168,8 @@ def test_search_step_against_xautodl(benchmark, algorithm, channels_last):
     benchmark.pedantic(ours, setup=reseed, rounds=len(seeds), iterations=1)
     our_time = benchmark.stats.stats.mean
     their_time = statistics.mean(their_times)
-    our_memory, their_memory = (_peak_memory(side, algorithm, channels_last) for side in ("ours", "xautodl"))
+    our_memory, their_memory = (peak_memory(__file__, side, algorithm, channels_last)
+                                for side in ("ours", "xautodl"))
     benchmark.extra_info.update(device=DEVICE, speedup=their_time / our_time, ours_s=our_time, xautodl_s=their_time,
                                 ours_peak_bytes=our_memory, xautodl_peak_bytes=their_memory,
                                 memory_ratio=our_memory / their_memory)
@@ -200,22 +178,7 @@ def test_search_step_against_xautodl(benchmark, algorithm, channels_last):
           f"{our_memory / 2**20:.0f} MiB, xautodl {their_memory / 2**20:.0f} MiB")
 
 
-def _resident(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
-
-
 if __name__ == "__main__":  # one side's peak memory, in its own process: SIDE ALGORITHM CHANNELS_LAST
     side, algorithm, channels_last = sys.argv[1], sys.argv[2], sys.argv[3] == "True"
     step = _xautodl(algorithm)[1] if side == "xautodl" else _ours(algorithm, channels_last, _xautodl(algorithm)[0])
-    _seeded(step, 1000)
-    if DEVICE == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        _seeded(step, 0)
-        peak = torch.cuda.max_memory_allocated() - start
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident set (VmHWM)
-        start = _resident("VmRSS")
-        _seeded(step, 0)
-        peak = _resident("VmHWM") - start
-    print(json.dumps({"peak_bytes": peak}))
+    report_peak(step)

@@ -1,0 +1,63 @@
+"""What the search benchmarks share: the device, seeded and synchronised steps, and one step's peak memory
+measured in a fresh process.
+
+Peak memory: a benchmark file runs itself as a script (its ``__main__`` builds one side's step from the
+command line and calls ``report_peak``); ``peak_memory`` starts that process and reads the figure back. The
+step is warmed up once, then the bytes above the step's starting point are taken: on CUDA the allocator's
+peak, on CPU the peak resident set (VmHWM, reset through ``/proc/self/clear_refs``), with glibc returning
+freed blocks to the system at once (``MALLOC_MMAP_THRESHOLD_``) so that the resident set is the live memory.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def seeded(step: Callable[[], object], seed: int) -> None:
+    """One step from ``seed`` (dropout masks, Gumbel noise), finished on the device."""
+    torch.manual_seed(seed)
+    step()
+    sync()
+
+
+def resident(field: str) -> int:
+    """A memory field of this process's ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes."""
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+
+def peak_memory(script: str, *args) -> int:
+    """Peak bytes of one step above its starting point, measured by running ``script`` with ``args`` in a
+    fresh process (its ``__main__`` calls ``report_peak``)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed blocks go back to the OS: RSS = live memory
+    out = subprocess.run([sys.executable, script, *map(str, args)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_bytes"]
+
+
+def report_peak(step: Callable[[], object]) -> None:
+    """In the fresh process: warm ``step`` up, measure one step's peak above its start, print it for
+    ``peak_memory``."""
+    seeded(step, 1000)
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        seeded(step, 0)
+        peak = torch.cuda.max_memory_allocated() - start
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident set (VmHWM)
+        start = resident("VmRSS")
+        seeded(step, 0)
+        peak = resident("VmHWM") - start
+    print(json.dumps({"peak_bytes": peak}))
