@@ -56,8 +56,6 @@ class SearchConfig:
             value = getattr(self, name)
             if value < (0 if name == "epochs" else 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if self.layers < 3:
-            raise ValueError(f"--layers {self.layers}: the supernet needs at least 3 cells (two of them reduce)")
         if self.init_channels % 4:
             raise ValueError(f"--init-channels {self.init_channels}: use a multiple of 4 (partial channels and "
                              "factorized reductions split the channels)")

@@ -180,6 +180,8 @@ class SearchNetwork(Supernet):
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, nodes: int = 4, mixing=None,
                  candidates: Optional[Mapping[str, Sequence[Sequence[str]]]] = None,
                  operation: Operation = search_operation, in_chans: int = 3):
+        if layers < 3:
+            raise ValueError(f"--layers {layers}: the supernet needs at least 3 cells (two of them reduce)")
         super().__init__(nodes, mixing, candidates)
         C_curr = STEM_MULTIPLIER * C
         self.stem = nn.Sequential(nn.Conv2d(in_chans, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
