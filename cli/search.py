@@ -45,24 +45,45 @@ search_app = typer.Typer(cls=_Algorithms, no_args_is_help=True, rich_markup_mode
                               "OUT/search.json (the record) and OUT/checkpoint (for --resume).")
 
 
-def _option(name: str, default: Any, help: str, kind: type) -> inspect.Parameter:
+def _option(name: str, default: Any, help: str, kind: type, paper: Optional[str] = None) -> inspect.Parameter:
+    """A keyword parameter typer reads as ``--name``; a ``paper`` default is passed as None and shown."""
     flag = "--" + name.replace("_", "-")
     decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
-                             default=typer.Option(default, *decls, help=help, show_default=True))
+    if paper is not None:
+        help = f"{help} \\[default: {paper}]"  # escaped: rich would take it for markup
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+                             default=typer.Option(default, *decls, help=help, show_default=paper is None))
 
 
-def _loop_options(defaults: Dict[str, Any], stages: bool) -> list:
+def _text(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _paper_default(algorithm: Type[SearchAlgorithm], key: str, default: Any) -> str:
+    """The paper's value of ``key`` as --help shows it, with the ImageNet search's where it differs."""
+    cifar = {**LOOP_DEFAULTS, **algorithm.defaults}.get(key, default)
+    imagenet = (algorithm.imagenet or {}).get(key, cifar)
+    return _text(cifar) + (f"; imagenet: {_text(imagenet)}" if imagenet != cifar else "")
+
+
+def _loop_options(algorithm: Type[SearchAlgorithm], stages: bool) -> list:
     per_stage = " of each stage" if stages else ""
+
+    def paper(name: str, help: str) -> inspect.Parameter:
+        return _option(name, None, help, int, _paper_default(algorithm, name, None))
+
     return [
-        _option("dataset", "cifar10", "cifar10 or cifar100 (the standard python layout)", str),
-        _option("data_dir", Path("data"), "folder holding cifar-10-batches-py / cifar-100-python", Path),
-        _option("epochs", defaults["epochs"], f"search epochs{per_stage}", int),
-        _option("batch_size", defaults["batch_size"], "batch size of each half of the training set", int),
+        _option("dataset", "cifar10", "cifar10, cifar100 (the standard python layout) or imagenet (class "
+                                      "folders DATA_DIR/train/CLASS/*)" if algorithm.imagenet else
+                                      "cifar10 or cifar100 (the standard python layout)", str),
+        _option("data_dir", Path("data"), "folder holding cifar-10-batches-py / cifar-100-python"
+                                          + (" / train (imagenet)" if algorithm.imagenet else ""), Path),
+        paper("epochs", f"search epochs{per_stage}"),
+        paper("batch_size", "batch size of the weights' and alpha's steps"),
         _option("init_channels", 16, "supernet width C", int),
-        _option("layers", defaults["layers"], "supernet cells (reductions at 1/3 and 2/3)", int),
+        paper("layers", "supernet cells (reductions at 1/3 and 2/3)"),
         _option("seed", 2, "random seed", int),
-        _option("arch_warmup", defaults["arch_warmup"], f"epochs{per_stage} before alpha is updated", int),
+        paper("arch_warmup", f"epochs{per_stage} before alpha is updated"),
         _option("num_workers", 2, "data-loading worker processes", int),
         _option("channels_last", True, "activations in NHWC (same math; faster on CPU)", bool),
         _option("device", None, "cpu, cuda, cuda:1 ... (default: cuda when available)", Optional[str]),
@@ -73,26 +94,25 @@ def _loop_options(defaults: Dict[str, Any], stages: bool) -> list:
 
 def _command(name: str, algorithm: Type[SearchAlgorithm]):
     stages = algorithm().stages > 1
-    defaults = {**LOOP_DEFAULTS, **algorithm.defaults}
-    own = [_option(o.name, ",".join(map(str, o.default)) if isinstance(o.default, tuple) else o.default, o.help,
-                   str if isinstance(o.default, tuple) else type(o.default)) for o in algorithm.options]
+    own = [_option(o.name, None, o.help, str if isinstance(o.default, tuple) else type(o.default),
+                   _paper_default(algorithm, o.name, o.default)) for o in algorithm.options]
 
     def command(**values) -> None:
         _search(name, algorithm, values)
 
-    command.__signature__ = inspect.Signature(_loop_options(defaults, stages) + own)
+    command.__signature__ = inspect.Signature(_loop_options(algorithm, stages) + own)
     command.__doc__ = inspect.getmodule(algorithm).__doc__.split("\n\n")[0]
     return command
 
 
 def _search(name: str, algorithm: Type[SearchAlgorithm], values: Dict[str, Any]) -> None:
-    settings = {o.name: values.pop(o.name) for o in algorithm.options}
-    resume, out, device = values.pop("resume"), values.pop("out"), values.pop("device")
+    given = {o.name: values.pop(o.name) for o in algorithm.options}
+    resume, out = values.pop("resume"), values.pop("out")
     try:
-        settings = {o.name: o.parse(settings[o.name]) if isinstance(o.default, tuple) else settings[o.name]
-                    for o in algorithm.options}
-        method = algorithm(**settings)
-        config = SearchConfig(**{**values, "data_dir": str(values["data_dir"])}, **({"device": device} if device else {}))
+        settings = {o.name: o.parse(given[o.name]) if isinstance(o.default, tuple) else given[o.name]
+                    for o in algorithm.options if given[o.name] is not None}
+        method = algorithm(**settings)  # options left unset follow the paper on the dataset searched
+        config = SearchConfig(**{k: str(v) if k == "data_dir" else v for k, v in values.items() if v is not None})
         if not resume and (out / "checkpoint").exists():
             raise fail(f"{out} holds a search already; pass --resume to continue it or choose another --out")
         search = Search(method, config, out)

@@ -41,6 +41,7 @@ SETTING_FIELDS = {
     "network": (str, f"one of {', '.join(NETWORKS)}"),
     "C": (int, "a positive even integer"),
     "layers": (int, "a positive integer"),
+    "enhancement_layers": (int, "a positive integer"),  # the broad network's (BCNN)
     "auxiliary_weight": (float, "a number >= 0"),
     "drop_path": (float, "a probability in [0, 1)"),
     "reported": (dict, "an object of figures"),
@@ -261,7 +262,7 @@ class _Checker:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             ok = ok and {
                 "dataset": lambda v: v in DATASETS, "network": lambda v: v in NETWORKS,
-                "C": lambda v: v > 0 and v % 2 == 0, "layers": lambda v: v > 0,
+                "C": lambda v: v > 0 and v % 2 == 0, "layers": lambda v: v > 0, "enhancement_layers": lambda v: v > 0,
                 "auxiliary_weight": lambda v: v >= 0, "drop_path": lambda v: 0 <= v < 1, "weights": _valid_weights,
                 "nhid": lambda v: v > 0, "epochs": lambda v: v > 0, "wdecay": lambda v: v >= 0,
             }.get(key, (lambda v: 0 <= v < 1) if key.startswith("dropout") else (lambda v: True))(value)

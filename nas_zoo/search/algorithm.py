@@ -46,6 +46,8 @@ class SearchConfig:
     arch_betas: Tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
     arch_warmup: Optional[int] = None  # epochs (of each stage) of weights-only training before alpha moves
+    arch_grad_clip: Optional[float] = None  # clip alpha's gradient norm (0: no clipping)
+    lr_warmup: Optional[int] = None  # epochs of linear learning-rate warm-up before the cosine schedule
     num_workers: int = 2
     channels_last: bool = True  # activations in NHWC: same math, faster depthwise convolutions on CPU
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,7 +64,8 @@ class SearchConfig:
 
 
 #: Defaults of the bi-level loop (DARTS's ``train_search.py``); an algorithm overrides its paper's.
-LOOP_DEFAULTS = dict(epochs=50, batch_size=64, layers=8, lr=0.025, lr_min=0.001, arch_lr=3e-4, arch_warmup=0)
+LOOP_DEFAULTS = dict(epochs=50, batch_size=64, layers=8, lr=0.025, lr_min=0.001, arch_lr=3e-4, arch_warmup=0,
+                     arch_grad_clip=0.0, lr_warmup=0)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ class SearchAlgorithm:
     options: Tuple[Option, ...] = ()
     #: how the derived genotype is evaluated (the record's ``evaluations``)
     evaluation = dict(network="cifar", C=36, layers=20)
+    #: the paper's ImageNet search, if it has one: loop settings, options and ``evaluation`` over the above
+    imagenet: Optional[Dict[str, Any]] = None
     stages = 1
 
     def __init__(self, **settings):
@@ -101,12 +106,29 @@ class SearchAlgorithm:
         if unknown:
             raise TypeError(f"{self.name} takes no option {sorted(unknown)[0]!r}; its options: "
                             f"{', '.join(declared) or 'none'}")
+        self.given = set(settings)  # the rest follow the paper on the dataset searched (``for_dataset``)
         for key, value in {**declared, **settings}.items():
             setattr(self, key, value)
 
     def settings(self) -> Dict[str, Any]:
         """The values of the declared options, read from the attributes the algorithm runs with."""
         return {o.name: getattr(self, o.name) for o in self.options}
+
+    def paper(self, dataset: str) -> Dict[str, Any]:
+        """The paper's settings for a search on ``dataset``: loop settings, option values, ``evaluation``."""
+        if dataset != "imagenet":
+            return {**LOOP_DEFAULTS, **self.defaults, "evaluation": self.evaluation}
+        if self.imagenet is None:
+            raise ValueError(f"--dataset imagenet: {self.name}'s paper has no ImageNet search; use cifar10 or "
+                             "cifar100")
+        return {**LOOP_DEFAULTS, **self.defaults, "evaluation": self.evaluation, **self.imagenet}
+
+    def for_dataset(self, dataset: str) -> None:
+        """Options the caller left unset take the paper's value for ``dataset`` (PC-DARTS's K=2 on ImageNet)."""
+        paper = self.paper(dataset)
+        for o in self.options:
+            if o.name not in self.given:
+                setattr(self, o.name, paper.get(o.name, o.default))
 
     @property
     def label(self) -> str:
@@ -183,8 +205,14 @@ def cell_fields(cells: Dict[str, List[Tuple[str, int]]], nodes: int) -> Dict[str
 
 
 def with_defaults(algorithm: SearchAlgorithm, config: SearchConfig) -> SearchConfig:
-    """``config`` with its unset fields filled from the algorithm's paper defaults and the loop's."""
-    filled = {key: value for key, value in {**LOOP_DEFAULTS, **algorithm.defaults}.items()
-              if getattr(config, key) is None}
+    """``config`` with its unset fields filled from the algorithm's paper settings for its dataset."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    filled = {key: value for key, value in algorithm.paper(config.dataset).items()
+              if key in fields and getattr(config, key) is None}
     return dataclasses.replace(config, **filled)
+
+
+def network_stem(config: SearchConfig) -> str:
+    """The supernet's stem for the dataset searched (``supernet.search_stem``)."""
+    return "imagenet" if config.dataset == "imagenet" else "cifar"
 

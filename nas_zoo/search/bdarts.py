@@ -35,7 +35,7 @@ class BDarts(Darts):
         Option("clr", True, "the confident learning rate c = ((epoch + 1) / epochs) ** power"),
         Option("power", 2, "the CLR's power"),
     )
-    evaluation = dict(network="bcnn", C=48, layers=6)  # BNASv2CLR/train_b.py, two enhancement cells
+    evaluation = dict(network="bcnn", C=48, layers=6, enhancement_layers=2)  # BNASv2CLR/train_b.py
 
     def __init__(self, **settings):
         super().__init__(**settings)

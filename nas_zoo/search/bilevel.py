@@ -88,9 +88,12 @@ class BiLevel:
         return loss.item(), accuracy(logits.detach(), batch[1])
 
     def arch_step(self, gradient: Sequence[torch.Tensor]) -> None:
-        """One Adam step of alpha along ``gradient`` (one tensor per architecture parameter)."""
+        """One Adam step of alpha along ``gradient`` (one tensor per architecture parameter), its norm clipped
+        to ``arch_grad_clip`` where the paper does (PC-DARTS's ImageNet search)."""
         for p, g in zip(self.alphas, gradient, strict=True):
             p.grad = g
+        if self.config.arch_grad_clip:
+            nn.utils.clip_grad_norm_(self.alphas, self.config.arch_grad_clip)
         self.a_optimizer.step()
 
     def step(self, train: Batch, valid) -> Tuple[float, float]:

@@ -24,9 +24,8 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..networks import STEM_MULTIPLIER
 from ..ops import FactorizedReduce, ReLUConvBN
-from .supernet import Operation, SearchCell, Supernet, search_operation
+from .supernet import Operation, SearchCell, Supernet, search_operation, search_stem
 
 
 class BroadSearchNetwork(Supernet):
@@ -34,13 +33,13 @@ class BroadSearchNetwork(Supernet):
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 2, enhancement_layers: int = 1,
                  nodes: int = 4, mixing=None, candidates: Optional[Mapping[str, Sequence[Sequence[str]]]] = None,
-                 operation: Operation = search_operation, in_chans: int = 3):
+                 operation: Operation = search_operation, in_chans: int = 3, stem: str = "cifar"):
         if layers < 2 or enhancement_layers < 1:
             raise ValueError(f"the broad supernet needs --layers >= 2 convolution blocks and >= 1 enhancement "
                              f"block; got {layers} and {enhancement_layers}")
         super().__init__(nodes, mixing, candidates)
-        C_stem = STEM_MULTIPLIER * C
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
+        self.stem = search_stem(stem, in_chans, C)  # BNAS-v2 model_search_imagenet_b.py on ImageNet
+        C_stem = self.stem.out_chs
         self.cells, self.enhancement_cells = nn.ModuleList(), nn.ModuleList()
         self.input_taps, self.input_reductions = nn.ModuleList(), nn.ModuleList()
         self.output_taps, self.output_reductions = nn.ModuleList(), nn.ModuleList()
@@ -52,7 +51,8 @@ class BroadSearchNetwork(Supernet):
             self.input_taps.append(ReLUConvBN(C_prev, input_widths[-1], 1, 1, 0))
             self.input_reductions.extend(FactorizedReduce(w, w) for w in input_widths[:-1])
             C_curr *= 2
-            self.cells.append(SearchCell(C_prev_prev, C_prev, C_curr, True, i > 0, self.candidates["normal"],
+            reduction_prev = i > 0 or stem == "imagenet"
+            self.cells.append(SearchCell(C_prev_prev, C_prev, C_curr, True, reduction_prev, self.candidates["normal"],
                                          self.mixing, operation, nodes, cell_type="normal"))
             C_prev_prev, C_prev = C_prev, nodes * C_curr
             output_widths.append(C_prev if i + 1 == layers else C_curr)
@@ -74,7 +74,7 @@ class BroadSearchNetwork(Supernet):
         mixes = self.mixes()
         input_reductions, output_reductions = iter(self.input_reductions), iter(self.output_reductions)
         taps, outputs = [], []
-        s0 = s1 = self.stem(x)
+        s0, s1 = self.stem(x)
         for cell, input_tap, output_tap in zip(self.cells, self.input_taps, self.output_taps):
             taps = [next(input_reductions)(t) for t in taps] + [input_tap(s1)]
             s0, s1 = s1, cell(s0, s1, mixes[cell.cell_type])

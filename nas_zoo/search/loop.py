@@ -1,13 +1,16 @@
 """One search run, shared by every algorithm: the data halves, the stages and their epochs, checkpoints, the
 genotype and the search record.
 
-The training set is split in halves as in DARTS's ``train_search.py``: the first trains the weights, the
-second the architecture (``bilevel.BiLevel``, one step of each per batch as the algorithm takes it). A
+The training set gives one part to the weights and one to the architecture (``data.py``; halves on CIFAR
+as in DARTS's ``train_search.py``), and ``bilevel.BiLevel`` takes one step of each per batch as the
+algorithm says. The weights' learning rate follows a cosine from ``lr`` to ``lr_min`` over the epochs
+(DARTS's ``CosineAnnealingLR``, in closed form as the authors' PyTorch computed it), after
+``lr_warmup`` epochs of linear warm-up where the paper has one (PC-DARTS on ImageNet). A
 search has one stage or, like P-DARTS, several: each stage is a new supernet (fresh weights, fresh alpha,
 new optimizers and cosine schedule) on the candidates the algorithm keeps from the stage before.
 
 Every epoch ends with an atomic checkpoint (stage, candidates, weights, architecture, optimizers,
-scheduler, RNG states, the record so far) from which ``resume`` continues exactly, mid-stage or between
+RNG states, the record so far) from which ``resume`` continues exactly, mid-stage or between
 stages, then the derived genotype (``genotype.json``) and the search record (``search.json``), both
 written from what the run used: the filled-in config and the algorithm's own settings.
 """
@@ -18,39 +21,30 @@ import platform
 import resource
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import find_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
-from ..data import CIFAR_LAYOUTS, CifarPickles, DatasetError, cifar_transforms
 from ..evaluate import device_name
 from ..genotype import Genotype, parse_genotypes, save_genotype, thaw, write_text_atomic
-from ..zoo import DATASET_STATS, NUM_CLASSES
 from .algorithm import Candidates, SearchAlgorithm, SearchConfig, with_defaults
 from .bilevel import BiLevel
+from .data import search_data
 from .supernet import SearchNetwork
 
-SEARCH_DATASETS = tuple(CIFAR_LAYOUTS)
 #: settings that change speed, not results: a resumed run may differ in these
 SPEED_ONLY = ("data_dir", "num_workers", "device", "channels_last")
 
 
-def search_split(config: SearchConfig) -> Tuple[Dataset, Dataset, int]:
-    """The training set with the search augmentation (crop + flip, no cutout), split into the weights half
-    (the first ``train_portion``) and the architecture half, as DARTS's ``train_search.py``."""
-    if config.dataset not in SEARCH_DATASETS:
-        raise DatasetError(f"search supports {', '.join(SEARCH_DATASETS)}; got --dataset {config.dataset!r}")
-    mean, std = DATASET_STATS[config.dataset]
-    data = CifarPickles(Path(config.data_dir).expanduser(), config.dataset, train=True,
-                        transform=cifar_transforms(mean, std, train=True, cutout=0))
-    split = int(math.floor(config.train_portion * len(data)))
-    if split < 1 or split >= len(data):
-        raise DatasetError(f"{config.dataset}: {len(data)} training images cannot be split at "
-                           f"--train-portion {config.train_portion}")
-    return Subset(data, range(split)), Subset(data, range(split, len(data))), NUM_CLASSES[config.dataset]
+def weights_lr(config: SearchConfig, epoch: int) -> float:
+    """The weights' learning rate in ``epoch`` (0-based) of a stage: ``lr * (epoch + 1) / lr_warmup`` during
+    the warm-up (PC-DARTS ``train_search_imagenet.py``), then cosine annealing from ``lr`` to ``lr_min``."""
+    if epoch < config.lr_warmup:
+        return config.lr * (epoch + 1) / config.lr_warmup
+    return config.lr_min + (config.lr - config.lr_min) * (1 + math.cos(math.pi * epoch / config.epochs)) / 2
 
 
 def versions() -> Dict[str, str]:
@@ -79,9 +73,10 @@ class Search:
     def __init__(self, algorithm: SearchAlgorithm, config: SearchConfig, out: Path, progress: bool = True):
         self.config = config = with_defaults(algorithm, config)
         config.check()
+        algorithm.for_dataset(config.dataset)
         self.algorithm, self.out, self.progress = algorithm, Path(out), progress
         torch.manual_seed(config.seed)
-        self.train_data, self.valid_data, self.num_classes = search_split(config)
+        self.data = search_data(config)
         self.elapsed, self.history, self.stages, self.notes = 0.0, [], [], {}
         self.start_stage(0, None)
 
@@ -91,11 +86,9 @@ class Search:
 
     def start_stage(self, stage: int, candidates: Optional[Candidates]) -> None:
         """A new supernet for ``stage`` on ``candidates``, new optimizers and a new schedule."""
-        model = self.algorithm.network(self.config, self.num_classes, stage, candidates).to(self.config.device)
+        model = self.algorithm.network(self.config, self.data.num_classes, stage, candidates).to(self.config.device)
         self.stage, self.epoch = stage, 0
         self.bilevel = BiLevel(self.algorithm, model, self.config)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.bilevel.w_optimizer, self.config.epochs,
-                                                                    eta_min=self.config.lr_min)
         if len(self.stages) == stage:  # not a resumed stage
             searched = {t: model.candidates[t] for t in model.cell_types}
             self.stages.append({"stage": stage, "cells": len(model.cells), **self.algorithm.describe_stage(
@@ -114,16 +107,16 @@ class Search:
         self.model.train()
         seed = self.stage * self.config.epochs + epoch
         search_arch = epoch >= self.config.arch_warmup
-        valid_batches = iter(self._loader(self.valid_data, seed + 10_000))
+        valid_batches = iter(self._loader(self.data.valid, seed + 10_000))
         totals = [0.0, 0.0, 0]
-        for batch in self._loader(self.train_data, seed):
+        for batch in self._loader(self.data.train, seed):
             train = self.bilevel.batch(batch)
             valid = None
             if search_arch:
                 try:
                     valid = self.bilevel.batch(next(valid_batches))
                 except StopIteration:
-                    valid_batches = iter(self._loader(self.valid_data, seed + 10_000 + totals[2]))
+                    valid_batches = iter(self._loader(self.data.valid, seed + 10_000 + totals[2]))
                     valid = self.bilevel.batch(next(valid_batches))
             loss, acc = self.bilevel.step(train, valid)
             n = len(train[1])
@@ -138,7 +131,7 @@ class Search:
         """The supernet on the architecture half (DARTS's ``infer``), in eval mode."""
         self.model.eval()
         loss, correct, n = 0.0, 0.0, 0
-        for batch in self._loader(self.valid_data, 0, shuffle=False):
+        for batch in self._loader(self.data.valid, 0, shuffle=False):
             x, y = self.bilevel.batch(batch)
             logits = self.model(x)
             loss += F.cross_entropy(logits, y, reduction="sum").item()
@@ -150,10 +143,11 @@ class Search:
         """One epoch of the current stage, then the checkpoint and the outputs; returns its record."""
         epoch, start = self.epoch, time.perf_counter()
         notes = self.algorithm.start_epoch(self.model, self.config, self.stage, epoch)
-        lr = self.bilevel.lr()
+        lr = weights_lr(self.config, epoch)
+        for group in self.bilevel.w_optimizer.param_groups:
+            group["lr"] = lr
         stats = self.train_epoch(epoch, advance)
         stats.update(self.validate())
-        self.scheduler.step()
         took = time.perf_counter() - start
         self.elapsed += took
         self.stages[self.stage]["wall_time_s"] = round(self.stages[self.stage]["wall_time_s"] + took, 3)
@@ -175,7 +169,7 @@ class Search:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         epochs, stages = self.config.epochs, self.algorithm.stages
-        steps = math.ceil(len(self.train_data) / self.config.batch_size)
+        steps = math.ceil(len(self.data.train) / self.config.batch_size)
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=Console(stderr=True), disable=not self.progress) as bar:
             task = bar.add_task(self.algorithm.label, total=steps * epochs * stages,
@@ -200,7 +194,7 @@ class Search:
         cfg = self.config
         fields, self.notes = self.algorithm.derive(self.model)
         record = {"name": f"{self.algorithm.label}_{cfg.dataset}_seed{cfg.seed}".upper(), **fields,
-                  "evaluations": [{"dataset": cfg.dataset, **self.algorithm.evaluation}]}
+                  "evaluations": [{"dataset": cfg.dataset, **self.algorithm.paper(cfg.dataset)["evaluation"]}]}
         return next(iter(parse_genotypes(record, str(self.out / "genotype.json")).values()))
 
     def record(self) -> Dict[str, Any]:
@@ -216,6 +210,7 @@ class Search:
             "peak_memory": peak_memory(device), "epochs_done": len(self.history), "stages": self.stages,
             "epochs": self.history, "architecture": arch,
             "skip_connections_normal": sum(op == "skip_connect" for op, _ in normal), **self.notes,
+            **({"data": self.data.sample} if self.data.sample else {}),
         }
 
     def _settings(self) -> Dict[str, Any]:
@@ -227,8 +222,7 @@ class Search:
                  "history": json.dumps(self.history), "stages": json.dumps(self.stages),
                  "candidates": json.dumps(self.model.candidates), "settings": json.dumps(self._settings()),
                  "w_optimizer": self.bilevel.w_optimizer.state_dict(),
-                 "a_optimizer": self.bilevel.a_optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "rng": rng_state()}
+                 "a_optimizer": self.bilevel.a_optimizer.state_dict(), "rng": rng_state()}
         save_checkpoint(self.out / "checkpoint", self.model, state)
 
     def write_outputs(self, genotype: Genotype) -> None:
@@ -257,7 +251,6 @@ class Search:
         load_weights(path, self.model)
         self.bilevel.w_optimizer.load_state_dict(state["w_optimizer"])
         self.bilevel.a_optimizer.load_state_dict(state["a_optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.epoch, self.elapsed, self.history = state["epoch"], state["elapsed"], json.loads(state["history"])
         return True

@@ -5,6 +5,12 @@ operations and the rest around them, then shuffles the channels. Edge normalisat
 each node weights its incoming edges by a softmax over ``beta``, and the genotype ranks edges by the
 operation weights times these edge weights. Defaults are the authors' ``train_search.py``: batch 256,
 lr 0.1 -> 0, alpha's Adam lr 6e-4, and alpha and beta frozen for the first 15 of the 50 epochs.
+
+On ImageNet (Sec. 4.1, ``train_search_imagenet.py`` and ``model_search_imagenet.py``): the supernet has 8
+cells on the three-convolution ImageNet stem, K=2, batch 1024, lr 0.5 after a 5-epoch linear warm-up (the
+script warms up for batches over 256), alpha's Adam lr 6e-3 from epoch 35 on, alpha's gradient norm
+clipped to 5; the data are 10% / 2.5% of each class (``data.py``). The genotype is evaluated in the
+ImageNet network (C=48, 14 cells, ``train_imagenet.py``).
 """
 from typing import Mapping, Optional, Sequence
 
@@ -12,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .algorithm import Option, SearchAlgorithm, SearchConfig, cell_fields, strongest_inputs
+from .algorithm import Option, SearchAlgorithm, SearchConfig, cell_fields, network_stem, strongest_inputs
 from .supernet import Mix, MixedEdge, Operation, SearchNetwork, Softmax, node_slices
 
 
@@ -64,6 +70,8 @@ class PcDarts(SearchAlgorithm):
     name = "pc-darts"
     defaults = dict(epochs=50, batch_size=256, lr=0.1, lr_min=0.0, arch_lr=6e-4, arch_warmup=15)
     options = (Option("k", 4, "partial-channel ratio K: 1/K of each edge's channels go through the operations"),)
+    imagenet = dict(layers=8, batch_size=1024, lr=0.5, lr_warmup=5, arch_lr=6e-3, arch_warmup=35, arch_grad_clip=5.0,
+                    k=2, evaluation=dict(network="imagenet", C=48, layers=14))
 
     @property
     def label(self) -> str:
@@ -71,7 +79,7 @@ class PcDarts(SearchAlgorithm):
 
     def network(self, config: SearchConfig, num_classes: int, stage: int = 0, candidates=None) -> SearchNetwork:
         return SearchNetwork(config.init_channels, num_classes, config.layers, config.nodes,
-                             PartialChannels(self.k), candidates)
+                             PartialChannels(self.k), candidates, stem=network_stem(config))
 
     def derive(self, model: SearchNetwork):
         """DARTS's rule on the operation weights times the edge weights (Sec. 3.3)."""

@@ -3,7 +3,8 @@
 DARTS (Liu et al., ICLR 2019, Sec. 2.1-2.2): every edge of a cell carries candidate operations and mixes
 them with weights computed from the architecture parameters ``alpha``; the network is the evaluation
 network's macro structure (a 3C stem, ``layers`` cells, reductions at 1/3 and 2/3 of the depth, global
-pooling, a linear classifier) built from such cells.
+pooling, a linear classifier) built from such cells. On ImageNet the stem is the evaluation network's three
+stride-2 convolutions at width 3C (PC-DARTS ``model_search_imagenet.py``).
 
 What differs between algorithms is handed to the network, not switched on by flags:
 
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from ..cells import preprocess
-from ..networks import STEM_MULTIPLIER
+from ..networks import STEM_MULTIPLIER, CifarStem, ImageNetStem
 from ..ops import PRIMITIVES, ReLUConvBN, make_op
 
 #: (operation name, C, stride) -> the candidate module
@@ -46,6 +47,13 @@ def search_operation(name: str, C: int, stride: int) -> nn.Module:
     """A candidate as the DARTS authors' supernet builds it: BN without affine parameters, pooling followed
     by a parameter-free BN (``model_search.MixedOp``)."""
     return make_op(name, C, stride, affine=False, pool_bn=True)
+
+
+def search_stem(kind: str, in_chans: int, C: int) -> nn.Module:
+    """The supernet's stem, returning the first cell's two inputs: DARTS's 3x3 conv to 3C on CIFAR; on
+    ImageNet (``kind="imagenet"``) three stride-2 convs to 3C, s0 at twice s1's resolution (PC-DARTS
+    ``model_search_imagenet.py``, BNAS-v2 ``model_search_imagenet_b.py``)."""
+    return ImageNetStem(in_chans, STEM_MULTIPLIER * C) if kind == "imagenet" else CifarStem(in_chans, C)
 
 
 class Mix(NamedTuple):
@@ -179,15 +187,14 @@ class SearchNetwork(Supernet):
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, nodes: int = 4, mixing=None,
                  candidates: Optional[Mapping[str, Sequence[Sequence[str]]]] = None,
-                 operation: Operation = search_operation, in_chans: int = 3):
+                 operation: Operation = search_operation, in_chans: int = 3, stem: str = "cifar"):
         if layers < 3:
             raise ValueError(f"--layers {layers}: the supernet needs at least 3 cells (two of them reduce)")
         super().__init__(nodes, mixing, candidates)
-        C_curr = STEM_MULTIPLIER * C
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.stem = search_stem(stem, in_chans, C)
+        C_prev_prev, C_prev, C_curr = self.stem.out_chs, self.stem.out_chs, C
         self.cells = nn.ModuleList()
-        reduction_prev = False
+        reduction_prev = stem == "imagenet"  # the first cell's s0 has twice its s1's resolution
         for i in range(layers):
             reduction = i in (layers // 3, 2 * layers // 3)
             C_curr *= 2 if reduction else 1
@@ -211,7 +218,7 @@ class SearchNetwork(Supernet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mixes = self.mixes()
-        s0 = s1 = self.stem(x)
+        s0, s1 = self.stem(x)
         for cell in self.cells:
             if isinstance(cell, SearchCell):
                 s0, s1 = s1, cell(s0, s1, mixes[cell.cell_type])
