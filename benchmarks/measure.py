@@ -1,5 +1,5 @@
-"""What the search benchmarks share: the device, seeded and synchronised steps, and one step's peak memory
-measured in a fresh process.
+"""What the search benchmarks share: the device, the authors' modules loaded from a checkout, seeded and
+synchronised steps, and one step's peak memory measured in a fresh process.
 
 Peak memory: a benchmark file runs itself as a script (its ``__main__`` builds one side's step from the
 command line and calls ``report_peak``); ``peak_memory`` starts that process and reads the figure back. The
@@ -7,17 +7,57 @@ step is warmed up once, then the bytes above the step's starting point are taken
 peak, on CPU the peak resident set (VmHWM, reset through ``/proc/self/clear_refs``), with glibc returning
 freed blocks to the system at once (``MALLOC_MMAP_THRESHOLD_``) so that the resident set is the live memory.
 """
+import contextlib
+import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from types import SimpleNamespace
+from typing import Callable, Sequence
 
 import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_authors(folder: Path, names: Sequence[str], prefix: str) -> SimpleNamespace:
+    """The authors' modules ``names`` from ``folder`` of their checkout, loaded in this order under private
+    names. They import each other by bare name (``from operations import *``) and this repository has a
+    ``genotypes`` package of its own, so the bare names point at their modules only while they load."""
+    saved = {name: sys.modules.get(name) for name in names}
+    modules = {}
+    try:
+        for name in names:
+            spec = importlib.util.spec_from_file_location(f"{prefix}_{name}", Path(folder) / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            modules[name] = module
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    return SimpleNamespace(**modules)
+
+
+@contextlib.contextmanager
+def cuda_calls_stay_on_device():
+    """The authors' code calls ``.cuda()`` where it builds alpha; on a machine without CUDA that call returns
+    the tensor itself while the block runs (their code is not changed)."""
+    if DEVICE == "cuda":
+        yield
+        return
+    saved = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = saved
 
 
 def sync() -> None:

@@ -30,14 +30,12 @@ Without ``PDARTS_CODE`` the file is skipped.
 import ctypes
 import functools
 import gc
-import importlib.util
 import os
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -52,7 +50,7 @@ if not CODE:
 from nas_zoo.ops import PRIMITIVES  # noqa: E402
 from nas_zoo.search import BiLevel, Pdarts, SearchConfig, with_defaults  # noqa: E402
 
-from measure import DEVICE, peak_memory, report_peak, seeded  # noqa: E402
+from measure import DEVICE, load_authors, peak_memory, report_peak, seeded  # noqa: E402
 
 C, BATCH, CLASSES, EDGES = 16, 96, 10, 14
 ROUNDS = 2
@@ -61,30 +59,7 @@ SHAPES = {0: (5, 8, 0.1), 2: (17, 3, 0.7)}
 STAGE_IDS = {0: "stage1", 2: "stage3"}
 
 
-def _load_authors(code: Path) -> SimpleNamespace:
-    """Their ``genotypes.py``, ``operations.py`` and ``model_search.py`` from the checkout, under private
-    names. They import each other by bare name (``from operations import *``) and this repository has a
-    ``genotypes`` package of its own, so the bare names point at their modules only while they load."""
-    names = ("genotypes", "operations", "model_search")
-    saved = {name: sys.modules.get(name) for name in names}
-    modules = {}
-    try:
-        for name in names:
-            spec = importlib.util.spec_from_file_location(f"_pdarts_authors_{name}", code / f"{name}.py")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-            modules[name] = module
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-    return SimpleNamespace(**modules)
-
-
-AUTHORS = _load_authors(Path(CODE))
+AUTHORS = load_authors(Path(CODE), ("genotypes", "operations", "model_search"), "_pdarts_authors")
 assert list(AUTHORS.genotypes.PRIMITIVES) == list(PRIMITIVES), "their operation order is not ours"
 
 

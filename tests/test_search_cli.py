@@ -99,6 +99,31 @@ def test_search_resume_continues_exactly(tiny_cifar, tmp_path, monkeypatch, algo
     assert a["architecture"] == b["architecture"]
 
 
+def test_outputs_left_stale_by_a_kill_after_the_last_checkpoint_are_rebuilt(tiny_cifar, tmp_path, monkeypatch):
+    """Killed between the final checkpoint and the rewrite of genotype.json / search.json (which then still
+    hold the epoch before), --resume has no epoch left to run and rebuilds both from the checkpoint."""
+    out = tmp_path / "out"
+    save, saves = loop_module.save_checkpoint, []
+
+    def die_at_the_last(*args, **kwargs):
+        save(*args, **kwargs)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(loop_module, "save_checkpoint", die_at_the_last)
+    assert search("darts", tiny_cifar, out).exit_code == 130
+    stale = json.loads((out / "search.json").read_text())
+    assert stale["epochs_done"] == 1  # written after the first epoch, not after the second
+    monkeypatch.setattr(loop_module, "save_checkpoint", save)
+    result = search("darts", tiny_cifar, out, "--resume")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "search.json").read_text())
+    assert record["epochs_done"] == 2 and len(record["epochs"]) == 2
+    genotype = json.loads((out / "genotype.json").read_text())
+    assert genotype["search"]["epochs"] == 2
+    assert genotype["normal"] == record["epochs"][-1]["genotype"]["normal"]
+
+
 def test_search_bad_input_is_one_clear_error(tiny_cifar, tmp_path):
     out = tmp_path / "out"
     cases = [
@@ -112,6 +137,9 @@ def test_search_bad_input_is_one_clear_error(tiny_cifar, tmp_path):
         (["search", "darts", "--layers", "2", "--data-dir", str(tiny_cifar), "--out", str(tmp_path / "l2")],
          "at least 3 cells"),
         (["search", "darts", "--init-channels", "6"], "multiple of 4"),
+        (["search", "darts", "--device", "gpu0"], "--device 'gpu0': expected cpu, cuda or cuda:N"),
+        *([(["search", "darts", "--device", "cuda"], "no CUDA device is available here")]
+          if not torch.cuda.is_available() else []),
         (["search", "darts", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)], str(tmp_path / "nowhere")),
         (["search", "darts", "--data-dir", str(tiny_cifar), "--out", str(out), "--resume"], "no checkpoint in"),
     ]

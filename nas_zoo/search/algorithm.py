@@ -61,6 +61,12 @@ class SearchConfig:
         if self.init_channels % 4:
             raise ValueError(f"--init-channels {self.init_channels}: use a multiple of 4 (partial channels and "
                              "factorized reductions split the channels)")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"--device {self.device!r}: expected cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device}: no CUDA device is available here; use --device cpu")
 
 
 #: Defaults of the bi-level loop (DARTS's ``train_search.py``); an algorithm overrides its paper's.
