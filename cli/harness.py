@@ -66,6 +66,7 @@ def train_command(
     auxiliary_weight: Optional[float] = typer.Option(None), drop_path_prob: Optional[float] = typer.Option(None),
     cutout_length: Optional[int] = typer.Option(None), init_channels: Optional[int] = typer.Option(None),
     layers: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
+    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells (bcnn; paper: 2)"),
     num_workers: Optional[int] = typer.Option(None),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic"),
     settings: List[str] = typer.Option([], "--set", help="FIELD=VALUE: language-model fields (rnn/train.py names)"),
@@ -80,7 +81,7 @@ def train_command(
     overrides = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lr_scheduler=lr_scheduler,
                      momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip, label_smooth=label_smooth,
                      auxiliary_weight=auxiliary_weight, drop_path_prob=drop_path_prob, cutout_length=cutout_length,
-                     init_channels=init_channels, layers=layers, seed=seed, num_workers=num_workers,
+                     init_channels=init_channels, layers=layers, en_layers=en_layers, seed=seed, num_workers=num_workers,
                      deterministic=deterministic)
     try:
         recipe = recipe_for(target).override(read_config_file(config)).override(overrides)

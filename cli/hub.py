@@ -20,7 +20,7 @@ TAG_DATASETS = {tag: dataset for dataset, tag in DATASET_TAGS.items()}
 
 
 def _target(name: str, num_classes: int, dataset: Optional[str], network: Optional[str], C: Optional[int],
-            layers: Optional[int]) -> Target:
+            layers: Optional[int], en_layers: Optional[int] = None) -> Target:
     """A zoo model (``gdas_v1``, ``gdas_v1.cifar10``), a zoo genotype, or a genotype file (``FILE[:NAME]``)."""
     is_file = name.endswith(".json") or ":" in name or Path(name).exists()
     base, _, tag = ("", "", "") if is_file else name.partition(".")
@@ -41,7 +41,9 @@ def _target(name: str, num_classes: int, dataset: Optional[str], network: Option
             spec = find_model(base, dataset)
     except (GenotypeError, KeyError) as e:
         raise fail(str(e).strip('"')) from None
-    return Target.of(spec, dataset, num_classes, C, layers)
+    if en_layers is not None and not spec.network.startswith("bcnn"):
+        raise fail(f"--en-layers applies to the broad networks (bcnn, bcnn_imagenet); {spec.name} is {spec.network}")
+    return Target.of(spec, dataset, num_classes, C, layers, en_layers)
 
 
 def _classes(state_dict) -> int:
@@ -71,6 +73,7 @@ def convert_command(
     network: Optional[str] = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet"),
     C: Optional[int] = typer.Option(None, "--C", help="initial channels, if not the paper's"),
     layers: Optional[int] = typer.Option(None, help="cells, if not the paper's"),
+    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells, if not the paper's 2"),
 ) -> None:
     """Convert an authors' released checkpoint into nas-zoo's weights folder (loadable with local-dir:OUT)."""
     if family not in FAMILIES:
@@ -83,7 +86,7 @@ def convert_command(
     if args.get("dataset") in DATASETS:
         dataset = dataset or args["dataset"]
     target = _target(model, _classes(state_dict), dataset, network, C or args.get("init_channels"),
-                     layers or args.get("layers"))
+                     layers or args.get("layers"), en_layers)
     if args.get("arch") and args["arch"].lower() != target.spec.genotype.name.lower():
         raise fail(f"{path} was trained as {args['arch']} (its args.arch), not {target.spec.genotype.name}")
     auxiliary = any(k.startswith("auxiliary_head.") for k in state_dict)
@@ -112,6 +115,7 @@ def push_command(
     network: Optional[str] = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet"),
     C: Optional[int] = typer.Option(None, "--C", help="initial channels, if not the paper's"),
     layers: Optional[int] = typer.Option(None, help="cells, if not the paper's"),
+    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells, if not the paper's 2"),
     private: bool = typer.Option(False, help="create the repository private"),
 ) -> None:
     """Upload weights to the Hub as model.safetensors + config.json + README.md (token: HF_TOKEN or login)."""
@@ -129,7 +133,7 @@ def push_command(
         except (OSError, json.JSONDecodeError) as e:
             raise fail(f"{evaluation}: not a readable evaluation JSON ({e})") from None
         dataset = dataset or metrics.get("dataset")
-    target = _target(name, _classes(state_dict), dataset, network, C, layers)
+    target = _target(name, _classes(state_dict), dataset, network, C, layers, en_layers)
     if metrics is not None and metrics.get("dataset", target.dataset) != target.dataset:
         raise fail(f"{evaluation} evaluates on {metrics['dataset']}, the weights are for {target.dataset}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -123,17 +123,19 @@ class Target:
 
     spec: ModelSpec
     dataset: str
+    enhancement_layers: Optional[int] = None  # the broad network's enhancement cells, if not its default (2)
 
     @classmethod
     def of(cls, spec: ModelSpec, dataset: Optional[str] = None, num_classes: Optional[int] = None,
-           C: Optional[int] = None, layers: Optional[int] = None) -> "Target":
-        """``spec`` at ``C``/``layers`` (its paper size by default), on ``dataset`` (else the dataset with
-        ``num_classes`` classes among the model's, else its first)."""
+           C: Optional[int] = None, layers: Optional[int] = None,
+           enhancement_layers: Optional[int] = None) -> "Target":
+        """``spec`` at ``C``/``layers``/``enhancement_layers`` (its paper size by default), on ``dataset`` (else
+        the dataset with ``num_classes`` classes among the model's, else its first)."""
         datasets = spec.datasets or list(NUM_CLASSES)
         if dataset is None:
             dataset = next((d for d in datasets if NUM_CLASSES[d] == num_classes), datasets[0])
         return cls(ModelSpec(spec.name, spec.genotype, spec.network, C or spec.C, layers or spec.layers,
-                             spec.evaluations), dataset)
+                             spec.evaluations), dataset, enhancement_layers)
 
     @property
     def tag(self) -> str:
@@ -146,10 +148,12 @@ class Target:
     def model_args(self) -> Dict[str, Any]:
         """What ``timm.create_model`` needs beyond the registered model's defaults."""
         spec = self.spec
+        broad = {"enhancement_layers": self.enhancement_layers} if self.enhancement_layers is not None else {}
         if not self.in_zoo:
-            return {"genotype": spec.genotype.to_dict(), "network": spec.network, "C": spec.C, "layers": spec.layers}
+            return {"genotype": spec.genotype.to_dict(), "network": spec.network, "C": spec.C, "layers": spec.layers,
+                    **broad}
         paper = MODELS[spec.name]
-        return {k: v for k, v in (("C", spec.C), ("layers", spec.layers)) if v != getattr(paper, k)}
+        return {**{k: v for k, v in (("C", spec.C), ("layers", spec.layers)) if v != getattr(paper, k)}, **broad}
 
     def create(self, **kwargs) -> nn.Module:
         import timm

@@ -326,14 +326,14 @@ NETWORK_DEFAULTS = {
 
 def build_network(genotype: Union[Genotype, str], network: str = "cifar", C: Optional[int] = None,
                   layers: Optional[int] = None, num_classes: Optional[int] = None, auxiliary: bool = False,
-                  **kwargs) -> NetworkBase:
+                  enhancement_layers: Optional[int] = None, **kwargs) -> NetworkBase:
     """Build ``genotype`` (a Genotype or a zoo name) as the evaluation ``network`` of its paper.
 
     ``network`` is "cifar" (NetworkCIFAR, C=36, 20 cells), "imagenet" (mobile setting, C=48, 14 cells),
-    "bcnn" (B-DARTS's broad network, C=48, 6 cells + 2 enhancement cells) or "bcnn_imagenet" (C=44).
-    The genotype's ``network_options`` (GDAS's BN after pooling, P-DARTS's auxiliary-head BN) apply
-    unless ``kwargs`` overrides them. Other ``kwargs``: ``in_chans``, ``drop_rate``, ``drop_path_rate``,
-    ``global_pool`` and, for the broad network, ``enhancement_layers``.
+    "bcnn" (B-DARTS's broad network, C=48, 6 cells + ``enhancement_layers`` enhancement cells, 2 by default
+    as in BNASv2's ``train_b.py --en_layers``) or "bcnn_imagenet" (C=44). The genotype's ``network_options``
+    (GDAS's BN after pooling, P-DARTS's auxiliary-head BN) apply unless ``kwargs`` overrides them. Other
+    ``kwargs``: ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``global_pool``.
     """
     if isinstance(genotype, str):
         genotype = get_genotype(genotype)
@@ -343,6 +343,10 @@ def build_network(genotype: Union[Genotype, str], network: str = "cifar", C: Opt
     options = dict(genotype.network_options)
     if cls is BroadNetwork:
         options.pop("auxiliary_last_bn", None)
+    if enhancement_layers is not None:
+        if cls is not BroadNetwork:
+            raise ValueError(f"enhancement_layers applies to the broad networks (bcnn, bcnn_imagenet), not {network}")
+        options["enhancement_layers"] = enhancement_layers
     options.update(kwargs)
     return cls(genotype, num_classes=default_classes if num_classes is None else num_classes,
                C=C or default_C, layers=layers or default_layers, stem=stem, auxiliary=auxiliary, **options)

@@ -40,7 +40,7 @@ class Target:
         auxiliary = config.auxiliary_weight > 0 and not self.network.startswith("bcnn")
         model = build_network(self.genotype, self.network, C=config.init_channels, layers=config.layers,
                               num_classes=num_classes or NUM_CLASSES.get(self.dataset, 1000), auxiliary=auxiliary,
-                              drop_path_rate=config.drop_path_prob)
+                              drop_path_rate=config.drop_path_prob, enhancement_layers=config.en_layers)
         model.pretrained_cfg = dict(data_config(self.network, self.dataset), num_classes=model.num_classes)
         return model
 

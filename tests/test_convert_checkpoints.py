@@ -117,3 +117,27 @@ def test_files_without_weights_are_refused(tmp_path, content, message):
     with pytest.raises(CheckpointFormatError) as error:
         read_checkpoint(path)
     assert message in str(error.value)
+
+
+def test_the_broad_networks_enhancement_layers_are_an_option(outputs, tmp_path):
+    entry = next(e for e in INDEX if e["network"] == "bcnn")  # the authors' BCNN with 2 enhancement cells
+    checkpoint = saved_as_the_authors_do(entry, load_file(FIXTURES / entry["state_dict"]), tmp_path / "weights.pt")
+    size = ["--C", str(entry["C"]), "--layers", str(entry["layers"])]
+
+    def convert(model, out, *extra):
+        return runner.invoke(app, ["convert", "--from", "bnas", str(checkpoint), "--model", model, "--out",
+                                   str(tmp_path / out), *size, *extra])
+
+    three = convert("b_darts_v1", "three", "--en-layers", "3")
+    assert three.exit_code == 2 and "missing keys ['enhancement_cells.2." in three.output.replace("\n", " ")
+    two = convert("b_darts_v1", "two", "--en-layers", "2")
+    assert two.exit_code == 0, two.output
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["model_args"] == {"C": entry["C"], "enhancement_layers": 2}  # 6 cells: the paper's
+    converted = timm.create_model(f"local-dir:{tmp_path / 'two'}", pretrained=True).eval()
+    with torch.no_grad():
+        logits = converted(outputs[entry["input"]])
+    torch.testing.assert_close(logits, outputs[entry["state_dict"].removesuffix(".safetensors") + ".logits"],
+                               atol=1e-5, rtol=0)
+    cifar = convert("darts_v2", "cifar", "--en-layers", "2")
+    assert cifar.exit_code == 2 and "--en-layers applies to the broad networks" in cifar.output

@@ -214,3 +214,19 @@ def test_class_folder_dataset_trains_the_imagenet_network(tmp_path):
     assert json.loads(result.output)["images"] == 6
     result = run("evaluate", "darts_v2", "--dataset", "folder", "--data-dir", tmp_path, "--no-speed")
     assert result.exit_code == 2 and "expected class folders" in result.output.replace("\n", " ")
+
+
+def test_train_and_evaluate_the_broad_network_with_other_enhancement_layers(cifar, tmp_path):
+    out = tmp_path / "run"
+    args = ["--init-channels", "4", "--layers", "4", "--batch-size", "16", "--num-workers", "0", "--epochs", "1"]
+    result = run("train", "b_darts_v1", "--dataset", "cifar10", "--data-dir", cifar, "--out", out, *args,
+                 "--en-layers", "1")
+    assert result.exit_code == 0, result.output
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
+    assert state["config"]["en_layers"] == 1
+    result = run("evaluate", "b_darts_v1", "--dataset", "cifar10", "--data-dir", cifar, "--checkpoint",
+                 out / "checkpoint", "--no-speed", "--json", "-")
+    assert result.exit_code == 0, result.output  # the checkpoint's run builds one enhancement cell, as trained
+    result = run("train", "darts_v2", "--dataset", "cifar10", "--data-dir", cifar, "--out", tmp_path / "cifar",
+                 *args, "--en-layers", "1")
+    assert result.exit_code == 2 and "enhancement_layers applies to the broad networks" in result.output
