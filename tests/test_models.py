@@ -83,6 +83,38 @@ def test_features_only(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_forward_intermediates_stop_early_norm_and_prune(name):
+    """timm's contract (as resnet.py): ``stop_early`` runs nothing past the last index asked for, ``norm`` is
+    accepted, ``prune_intermediate_layers`` drops what follows it and the head and returns the indices."""
+    spec = nas_zoo.get_model_spec(name)
+    torch.manual_seed(0)
+    model = timm.create_model(name, **SMALL).eval()
+    x = _input(spec)
+    with torch.no_grad():
+        final, everything = model.forward_intermediates(x, norm=True)
+        torch.testing.assert_close(final, model.forward_features(x))
+        assert [f.shape[1] for f in everything] == [info["num_chs"] for info in model.feature_info]
+        ran = []
+        model.cells[-1].register_forward_hook(lambda *args: ran.append(True))
+        first = model.forward_intermediates(x, indices=[0], stop_early=True)[1]
+        torch.testing.assert_close(first[0], everything[0])
+        assert not ran  # the last cell did not run
+        last = model.forward_intermediates(x, indices=1, intermediates_only=True)
+        torch.testing.assert_close(last[0], everything[-1])
+        assert ran
+        params = sum(p.numel() for p in model.parameters())
+        assert model.prune_intermediate_layers([0, -2]) == [0, len(everything) - 2]
+        assert sum(p.numel() for p in model.parameters()) < params
+        kept = model.forward_intermediates(x, indices=[0, len(everything) - 2], intermediates_only=True)
+        for got, expected in zip(kept, (everything[0], everything[-2])):
+            torch.testing.assert_close(got, expected)
+        assert model.num_features == model.feature_info[-2]["num_chs"]
+        torch.testing.assert_close(model(x), everything[-2])  # no pooling, no classifier left
+    features = timm.create_model(name, features_only=True, out_indices=(1,), **SMALL).eval()
+    assert features.feature_info.channels() == [model.feature_info[1]["num_chs"]]
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_forward_train_auxiliary(name):
     spec = nas_zoo.get_model_spec(name)
     model = timm.create_model(name, num_classes=3, auxiliary=True, **SMALL)
