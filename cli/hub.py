@@ -12,8 +12,10 @@ from nas_zoo.checkpoint import CheckpointError
 from nas_zoo.convert import FAMILIES, CheckpointFormatError, convert_state_dict, read_checkpoint
 from nas_zoo.genotype import DATASETS, GenotypeError, load_genotype
 from nas_zoo.hub import WEIGHTS_NAME, Target, push_folder, save_pretrained, sha256_of
+from nas_zoo.lm import convert_language_model
 from nas_zoo.zoo import DATASET_TAGS, GENOTYPE_MODEL, ModelSpec, find_model
 
+from .lm import lm_errors
 from .output import fail
 
 TAG_DATASETS = {tag: dataset for dataset, tag in DATASET_TAGS.items()}
@@ -82,6 +84,10 @@ def convert_command(
         state_dict, extra = read_checkpoint(path)
     except CheckpointFormatError as e:
         raise fail(str(e)) from None
+    if "rnns.0._W0" in state_dict:  # the DARTS language model (rnn/model.py), e.g. a whole pickled model.pt
+        _convert_language_model(state_dict, path, model, out, dataset, dict(network=network, C=C, layers=layers,
+                                                                            en_layers=en_layers))
+        return
     args = extra.get("args", {})  # NAS-Projects (GDAS) records the network it trained
     if args.get("dataset") in DATASETS:
         dataset = dataset or args["dataset"]
@@ -103,6 +109,16 @@ def convert_command(
     Console().print(f"wrote {folder} ({target.spec.name}, {target.dataset}, C={target.spec.C}, "
                     f"layers={target.spec.layers}); load it with timm.create_model('local-dir:{folder}', "
                     "pretrained=True) after import nas_zoo", highlight=False, soft_wrap=True)
+
+
+def _convert_language_model(state_dict, path: Path, model: str, out: Path, dataset: Optional[str], cnn_flags) -> None:
+    given = [f"--{k.replace('_', '-')}" for k, v in cnn_flags.items() if v is not None]
+    if given:
+        raise fail(f"{', '.join(given)}: not for a language model (its size comes from the checkpoint)")
+    with lm_errors():
+        name, folder = convert_language_model(state_dict, model, out, dataset, str(path))
+    Console().print(f"wrote {folder} ({name}); load it with nas_zoo.checkpoint.load_weights('{folder}', "
+                    f"nas_zoo.create_model('{name}', **config['model_args']))", highlight=False, soft_wrap=True)
 
 
 def push_command(

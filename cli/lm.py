@@ -15,7 +15,7 @@ console = Console(stderr=True)
 
 
 @contextlib.contextmanager
-def _user_errors():
+def lm_errors():
     """Bad input of any kind -> one line on stderr and exit status 2."""
     try:
         yield
@@ -28,7 +28,7 @@ def _user_errors():
 def train_language_model(model: str, dataset: str, data_dir: Path, out: Path, resume: bool,
                          overrides: Dict[str, Any]) -> None:
     """Train ``model`` (zoo LM, recurrent genotype or genotype file) on ``dataset`` with the paper's recipe."""
-    with _user_errors():
+    with lm_errors():
         name, genotype, setting = resolve(model, dataset)
         corpus = load_corpus(dataset, data_dir)
         result = train(name, genotype, corpus, out, setting, overrides, resume, log=console.print)
@@ -38,7 +38,7 @@ def train_language_model(model: str, dataset: str, data_dir: Path, out: Path, re
 
 def evaluate_language_model(model: str, dataset: str, data_dir: Path, checkpoint: Optional[Path]) -> Dict[str, Any]:
     """Validation and test perplexity, params and tokens/s; without a checkpoint, of the untrained model."""
-    with _user_errors():
+    with lm_errors():
         name, genotype, setting = resolve(model, dataset)
         corpus = load_corpus(dataset, data_dir)
         if checkpoint is None:

@@ -11,6 +11,7 @@ A run writes ``OUT/last`` after every epoch (weights, optimizer, RNG streams: ``
 exact same run) and ``OUT/best`` whenever validation improves (the weights that ``evaluate`` reads).
 """
 import dataclasses
+import json
 import math
 import random
 import time
@@ -21,8 +22,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import save_file
 
-from .checkpoint import find_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (atomic_directory, find_checkpoint, load_fitting, load_state, load_weights, rng_state,
+                         save_checkpoint, set_rng_state)
+from .convert import convert_state_dict
 from .corpus import Corpus, batchify, get_batch
 from .genotype import RecurrentGenotype, get_genotype, list_genotypes, load_genotype, parse_genotypes, unknown_name
 from .rnn import CORPUS_SETTINGS, RNNModel, paper_setting
@@ -123,6 +127,35 @@ def resolve(name: str, dataset: str) -> Tuple[str, RecurrentGenotype, Dict[str, 
 
 def build_model(genotype: RecurrentGenotype, ntoken: int, config: TrainConfig) -> RNNModel:
     return RNNModel(genotype, ntoken, **config.model_kwargs())
+
+
+def convert_language_model(state_dict: Dict[str, torch.Tensor], name: str, out: Path,
+                           dataset: Optional[str] = None, source: str = "the checkpoint") -> Tuple[str, Path]:
+    """The authors' language-model weights (``convert.read_checkpoint`` of DARTS's or EDNAS's ``model.pt``) as
+    ``out/model.safetensors`` (our layout) and ``out/config.json`` (model, corpus, genotype, ``ntoken``/``nhid``).
+
+    The corpus is ``dataset``, else the one whose vocabulary size the embedding has. Returns the model's name
+    and ``out``; ``nas_zoo.create_model(name, ntoken=..., nhid=...)`` then ``load_weights(out, model)`` reads it.
+    """
+    if "encoder.weight" not in state_dict:
+        raise LMError(f"{source}: no encoder.weight, so not the DARTS language model's weights")
+    ntoken, nhid = state_dict["encoder.weight"].shape
+    dataset = dataset or next((d for d, s in CORPUS_SETTINGS.items() if s["ntoken"] == ntoken), None)
+    if dataset is None:
+        raise LMError(f"{source}: its {ntoken:,}-word vocabulary is neither PTB's nor WT2's; pass the corpus "
+                      f"(--dataset ptb|wt2)")
+    model_name, genotype, _ = resolve(name, dataset)
+    model = RNNModel(genotype, ntoken, nhid)
+    try:
+        load_fitting(convert_state_dict(state_dict, "darts_rnn", model), model, source)
+    except KeyError as e:
+        raise LMError(f"{source}: {e.args[0]}; is it a checkpoint of {genotype.name}?") from None
+    config = dict(architecture=model_name, dataset=dataset, genotype=genotype.to_dict(),
+                  model_args=dict(ntoken=ntoken, nhid=nhid))
+    with atomic_directory(out) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return model_name, Path(out)
 
 
 @torch.no_grad()
