@@ -129,14 +129,27 @@ def test_forward_train_auxiliary(name):
         assert model(x).shape == (2, 3)  # forward never returns the auxiliary logits
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", MODELS)
-def test_torch_compile_fullgraph(name):
-    """Every model compiles as one graph (TorchScript is deprecated in PyTorch 2.14 and not supported)."""
+def _compiled_outputs_match(name: str, backend: str) -> None:
     spec = nas_zoo.get_model_spec(name)
     model = timm.create_model(name, C=8, layers=3 if not spec.network.startswith("bcnn") else 2).eval()
     torch._dynamo.reset()  # each model is a new set of guards on the same forward code
-    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
     x = _input(spec)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_torch_compile_captures_one_graph(name):
+    """Every model is captured as one graph (``fullgraph=True``: no graph break) and the captured graph, run
+    by the ``eager`` backend, gives the model's outputs. TorchScript is deprecated and not supported."""
+    _compiled_outputs_match(name, "eager")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["darts_v2", "gdas_f1_imagenet", "b_pc_darts_image"])
+def test_torch_compile_inductor(name):
+    """One model per kind of network (CIFAR, ImageNet with GDAS's fixed reduction cell, broad) compiled by the
+    default backend, inductor (generated C++ on CPU; about a minute each), gives the model's outputs."""
+    _compiled_outputs_match(name, "inductor")
