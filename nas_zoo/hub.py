@@ -224,12 +224,12 @@ def download_weights(hub_id: str, sha256: Optional[str] = None, cache_dir=None) 
     return path
 
 
-def push_folder(directory, repo_id: str, private: bool = False, token: Optional[str] = None) -> str:
-    """Create ``repo_id`` on the Hub (if new) and upload ``directory``; the token comes from ``token``, else
-    ``HF_TOKEN`` or ``huggingface-cli login``. Returns the commit's URL."""
+def push_folder(directory, repo_id: str, private: bool = False) -> str:
+    """Create ``repo_id`` on the Hub (if new) and upload ``directory``; the token comes from ``HF_TOKEN`` or
+    ``hf auth login``. Returns the commit's URL."""
     from huggingface_hub import HfApi
 
-    api = HfApi(token=token, library_name="nas-zoo")
+    api = HfApi(library_name="nas-zoo")
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.upload_folder(repo_id=repo_id, folder_path=str(directory), commit_message="Upload nas-zoo weights")
     return commit.commit_url
