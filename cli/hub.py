@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from nas_zoo.checkpoint import CheckpointError
 from nas_zoo.convert import FAMILIES, CheckpointFormatError, convert_state_dict, read_checkpoint
 from nas_zoo.genotype import DATASETS, GenotypeError, load_genotype
-from nas_zoo.hub import WEIGHTS_NAME, Target, push_folder, save_pretrained, sha256_of
+from nas_zoo.download import WEIGHTS_NAME, sha256_of
+from nas_zoo.hub import Target, push_folder, save_pretrained
 from nas_zoo.lm import convert_language_model
 from nas_zoo.zoo import DATASET_TAGS, GENOTYPE_MODEL, ModelSpec, find_model
 

@@ -1,4 +1,4 @@
-"""Pretrained weights: nas-zoo's published form, the checked download, the model card and the upload.
+"""Pretrained weights: nas-zoo's published form, the model card and the upload (the download: ``download``).
 
 Published weights are a folder, on disk or as a Hugging Face Hub model repository, in timm's Hub layout:
 
@@ -14,9 +14,7 @@ After ``import nas_zoo``, ``timm.create_model("hf-hub:ORG/REPO", pretrained=True
 file names and checks them against the sha256 recorded there; ``hf-hub:`` downloads are checked against the
 sha256 the Hub reports for the file (its LFS etag). A file that fails the check is removed from the cache.
 """
-import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
@@ -26,22 +24,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .checkpoint import CheckpointError, atomic_directory, load_fitting
+from .download import WEIGHTS_NAME
 from .zoo import DATASET_TAGS, GENOTYPE_MODEL, MODELS, NUM_CLASSES, ModelSpec, _pretrained_cfg
 
-WEIGHTS_NAME = "model.safetensors"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class WeightsError(CheckpointError):
-    """Weights that are not published, cannot be downloaded, or fail their sha256 check."""
-
-
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def inference_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -188,40 +173,6 @@ def write_pretrained(directory, model: nn.Module, config: Mapping[str, Any], car
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "README.md").write_text(card)
     return Path(directory)
-
-
-def download_weights(hub_id: str, sha256: Optional[str] = None, cache_dir=None) -> Path:
-    """``model.safetensors`` of ``hub_id`` (``ORG/REPO[@REVISION]``) from the Hub cache, downloading it if needed.
-
-    The file must hash to ``sha256`` (the registry's) or, without one, to the sha256 the Hub names it by.
-    A file that does not is removed from the cache and a WeightsError says so. ``HF_HUB_OFFLINE=1`` serves
-    the cached file (checked the same way) without touching the network.
-    """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    repo_id, _, revision = hub_id.partition("@")
-    try:
-        path = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision or None, cache_dir=cache_dir,
-                                    library_name="nas-zoo"))
-    except LocalEntryNotFoundError as e:
-        raise WeightsError(f"{hub_id}: {WEIGHTS_NAME} is not in the cache and the Hub cannot be reached ({e})") from None
-    except (HfHubHTTPError, OSError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{hub_id}: downloading {WEIGHTS_NAME} failed: {first_line}") from None
-    blob = path.resolve()
-    expected = sha256 or (blob.name if _SHA256.fullmatch(blob.name) else None)
-    if expected is None:
-        raise WeightsError(f"{hub_id}: the Hub gives no sha256 for {WEIGHTS_NAME} (not an LFS file), so it cannot "
-                           "be checked; record its sha256 in the genotype file's \"weights\"")
-    actual = sha256_of(blob)
-    if actual != expected:
-        for bad in {path, blob}:
-            bad.unlink(missing_ok=True)
-        raise WeightsError(f"{hub_id}: {WEIGHTS_NAME} fails its sha256 check (expected {expected}, got {actual}): "
-                           "the download is corrupted or truncated; it was removed from the cache, so a retry "
-                           "downloads it again")
-    return path
 
 
 def push_folder(directory, repo_id: str, private: bool = False) -> str:

@@ -18,7 +18,8 @@ import nas_zoo
 from nas_zoo import zoo
 from nas_zoo.cli.app import app
 from nas_zoo.genotype import GenotypeError, parse_genotypes
-from nas_zoo.hub import Target, WeightsError, save_pretrained
+from nas_zoo.download import WeightsError, download_weights
+from nas_zoo.hub import Target, save_pretrained
 from nas_zoo.zoo import GENOTYPE_MODEL, MODELS, ModelSpec, Weights
 
 SMALL = dict(C=4, layers=5)
@@ -189,7 +190,7 @@ def test_downloads_are_cached_and_load_offline(loopback_hub, tmp_path, monkeypat
     assert len(loopback_hub.requests) == requests  # nothing asked of the Hub
     torch.testing.assert_close(logits(offline), logits(first), atol=0, rtol=0)
     with pytest.raises(WeightsError, match="not in the cache and the Hub cannot be reached"):
-        nas_zoo.hub.download_weights("me/never-downloaded")
+        download_weights("me/never-downloaded")
 
 
 @pytest.mark.parametrize("tamper", ["corrupt", "truncated"])
