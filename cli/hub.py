@@ -9,10 +9,10 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from nas_zoo.checkpoint import CheckpointError
-from nas_zoo.convert import FAMILIES, CheckpointFormatError, convert_state_dict, read_checkpoint
+from nas_zoo.convert import LAYOUTS, CheckpointFormatError, convert_state_dict, read_checkpoint
 from nas_zoo.genotype import DATASETS, GenotypeError, load_genotype
 from nas_zoo.download import WEIGHTS_NAME, sha256_of
-from nas_zoo.hub import Target, push_folder, save_pretrained
+from nas_zoo.hub import WeightsTarget, push_folder, save_pretrained
 from nas_zoo.lm import convert_language_model
 from nas_zoo.zoo import DATASET_TAGS, GENOTYPE_MODEL, ModelSpec, find_model
 
@@ -23,7 +23,7 @@ TAG_DATASETS = {tag: dataset for dataset, tag in DATASET_TAGS.items()}
 
 
 def _target(name: str, num_classes: int, dataset: Optional[str], network: Optional[str], C: Optional[int],
-            layers: Optional[int], en_layers: Optional[int] = None) -> Target:
+            layers: Optional[int], en_layers: Optional[int] = None) -> WeightsTarget:
     """A zoo model (``gdas_v1``, ``gdas_v1.cifar10``), a zoo genotype, or a genotype file (``FILE[:NAME]``)."""
     is_file = name.endswith(".json") or ":" in name or Path(name).exists()
     base, _, tag = ("", "", "") if is_file else name.partition(".")
@@ -46,7 +46,7 @@ def _target(name: str, num_classes: int, dataset: Optional[str], network: Option
         raise fail(str(e).strip('"')) from None
     if en_layers is not None and not spec.network.startswith("bcnn"):
         raise fail(f"--en-layers applies to the broad networks (bcnn, bcnn_imagenet); {spec.name} is {spec.network}")
-    return Target.of(spec, dataset, num_classes, C, layers, en_layers)
+    return WeightsTarget.of(spec, dataset, num_classes, C, layers, en_layers)
 
 
 def _classes(state_dict) -> int:
@@ -55,7 +55,7 @@ def _classes(state_dict) -> int:
     return state_dict["classifier.weight"].shape[0]
 
 
-def _save(out: Path, target: Target, state_dict, load_as: str, evaluation, source: str) -> Path:
+def _save(out: Path, target: WeightsTarget, state_dict, load_as: str, evaluation, source: str) -> Path:
     try:
         return save_pretrained(out, target, state_dict, load_as, evaluation, source)
     except ValueError as e:  # the network cannot be built at that size
@@ -68,7 +68,7 @@ def _save(out: Path, target: Target, state_dict, load_as: str, evaluation, sourc
 
 
 def convert_command(
-    family: str = typer.Option(..., "--from", help=f"the code the checkpoint comes from: {', '.join(FAMILIES)}"),
+    family: str = typer.Option(..., "--from", help=f"the code the checkpoint comes from: {', '.join(LAYOUTS)}"),
     path: Path = typer.Argument(..., help="the authors' checkpoint (.pt/.pth/.pth.tar, or .safetensors)"),
     model: str = typer.Option(..., help="zoo model (gdas_v1, gdas_v1.cifar10), genotype, or genotype file"),
     out: Path = typer.Option(..., help="the weights folder to write (model.safetensors, config.json, README.md)"),
@@ -79,8 +79,8 @@ def convert_command(
     en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells, if not the paper's 2"),
 ) -> None:
     """Convert an authors' released checkpoint into nas-zoo's weights folder (loadable with local-dir:OUT)."""
-    if family not in FAMILIES:
-        raise fail(f"--from {family!r} is not one of: {', '.join(FAMILIES)}")
+    if family not in LAYOUTS:
+        raise fail(f"--from {family!r} is not one of: {', '.join(LAYOUTS)}")
     try:
         state_dict, extra = read_checkpoint(path)
     except CheckpointFormatError as e:

@@ -9,7 +9,7 @@ from rich.console import Console
 from nas_zoo.checkpoint import CheckpointError
 from nas_zoo.corpus import CorpusError, load_corpus
 from nas_zoo.genotype import GenotypeError
-from nas_zoo.lm import LMError, TrainConfig, build_model, evaluate_checkpoint, evaluate_model, resolve, train
+from nas_zoo.lm import LMError, LMConfig, build_model, evaluate_checkpoint, evaluate_model, resolve, train_lm
 
 console = Console(stderr=True)
 
@@ -31,7 +31,7 @@ def train_language_model(model: str, dataset: str, data_dir: Path, out: Path, re
     with lm_errors():
         name, genotype, setting = resolve(model, dataset)
         corpus = load_corpus(dataset, data_dir)
-        result = train(name, genotype, corpus, out, setting, overrides, resume, log=console.print)
+        result = train_lm(name, genotype, corpus, out, setting, overrides, resume, log=console.print)
     console.print(f"{name} on {dataset}: best valid ppl {result['valid_ppl']:.2f}, test ppl {result['test_ppl']:.2f} "
                   f"({out / 'best'})")
 
@@ -42,7 +42,7 @@ def evaluate_language_model(model: str, dataset: str, data_dir: Path, checkpoint
         name, genotype, setting = resolve(model, dataset)
         corpus = load_corpus(dataset, data_dir)
         if checkpoint is None:
-            net = build_model(genotype, len(corpus.words), TrainConfig.create(setting, {}))
+            net = build_model(genotype, len(corpus.words), LMConfig.create(setting, {}))
             result = evaluate_model(net, corpus, name=name)
         else:
             result = evaluate_checkpoint(checkpoint, corpus)

@@ -42,10 +42,10 @@ _BNAS_RULES = _DARTS_RULES + [
 ]
 # The DARTS language model (rnn/model.py; GDAS lib/nas_rnn, EDNAS PTB): its decoder.weight is the embedding.
 _RNN_RULES = [(r"^rnns\.0\.", "cell."), (r"^decoder\.bias$", "decoder_bias")]
-# The code family of each paper file: the repository whose layout its released checkpoints have.
-_FILE_FAMILIES = {"darts": "darts", "pdarts": "pdarts", "pc_darts": "pc-darts", "ednas": "ednas", "gdas": "gdas",
+# The checkpoint layout (``--from``) of each paper file: the repository whose layout its released checkpoints have.
+_FILE_LAYOUTS = {"darts": "darts", "pdarts": "pdarts", "pc_darts": "pc-darts", "ednas": "ednas", "gdas": "gdas",
                   "bnasv2": "bnas"}
-FAMILIES = {"darts": _DARTS_RULES, "pdarts": _DARTS_RULES, "pc-darts": _DARTS_RULES, "ednas": _DARTS_RULES,
+LAYOUTS = {"darts": _DARTS_RULES, "pdarts": _DARTS_RULES, "pc-darts": _DARTS_RULES, "ednas": _DARTS_RULES,
             "gdas": _GDAS_RULES, "bnas": _BNAS_RULES, "darts_rnn": _RNN_RULES}
 
 
@@ -63,21 +63,21 @@ def _bnas_reduction_order(num_branches: int) -> List[Tuple[int, int]]:
     return order, made
 
 
-def convert_state_dict(state_dict: Dict[str, torch.Tensor], family: str, model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Rename an authors' ``state_dict`` of ``family`` to ``model``'s keys; raise on missing/unexpected keys.
+def convert_state_dict(state_dict: Dict[str, torch.Tensor], layout: str, model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Rename an authors' ``state_dict`` in ``layout`` (a key of ``LAYOUTS``) to ``model``'s keys; raise on missing/unexpected keys.
 
     The result is complete for ``model`` (BatchNorm step counters the file lacks are taken from ``model``).
     """
-    rules = FAMILIES[family]
+    rules = LAYOUTS[layout]
     flat_lists = {}
-    if family == "bnas":
+    if layout == "bnas":
         gap_order, made = _bnas_reduction_order(len(model.taps))
         gap_order += [(branch, made[branch] + 1) for branch in range(len(model.taps))]
         flat_lists = {"reduction_convs_gap": ("taps", gap_order),
                       "reduction_convs_en": ("enhancement_inputs", _bnas_reduction_order(len(model.enhancement_inputs))[0])}
     converted = {}
     for key, tensor in state_dict.items():
-        if family == "darts_rnn" and key == "decoder.weight":
+        if layout == "darts_rnn" and key == "decoder.weight":
             continue  # tied to encoder.weight
         new = key
         for pattern, replacement in rules:
@@ -99,9 +99,9 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], family: str, model: 
     return {**{k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}, **converted}
 
 
-def family_of(genotype: Genotype) -> str:
-    """The code family (``--from``) of a zoo genotype's paper, ``darts`` for genotypes outside the zoo."""
-    return _FILE_FAMILIES.get(Path(genotype.source).stem, "darts")
+def layout_of(genotype: Genotype) -> str:
+    """The checkpoint layout (``--from``) of a zoo genotype's paper, ``darts`` for genotypes outside the zoo."""
+    return _FILE_LAYOUTS.get(Path(genotype.source).stem, "darts")
 
 
 class CheckpointFormatError(ValueError):

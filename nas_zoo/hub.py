@@ -102,7 +102,7 @@ def model_card(config: Mapping[str, Any], dataset: str, load_as: str, evaluation
 
 
 @dataclass(frozen=True)
-class Target:
+class WeightsTarget:
     """What a weights folder holds: a zoo model (or any genotype, as ``nas_genotype``) at a size, trained on
     a dataset."""
 
@@ -113,7 +113,7 @@ class Target:
     @classmethod
     def of(cls, spec: ModelSpec, dataset: Optional[str] = None, num_classes: Optional[int] = None,
            C: Optional[int] = None, layers: Optional[int] = None,
-           enhancement_layers: Optional[int] = None) -> "Target":
+           enhancement_layers: Optional[int] = None) -> "WeightsTarget":
         """``spec`` at ``C``/``layers``/``enhancement_layers`` (its paper size by default), on ``dataset`` (else
         the dataset with ``num_classes`` classes among the model's, else its first)."""
         datasets = spec.datasets or list(NUM_CLASSES)
@@ -147,7 +147,7 @@ class Target:
         return timm.create_model(name, **self.model_args(), **kwargs)
 
 
-def save_pretrained(directory, target: Target, state_dict: Mapping[str, torch.Tensor], load_as: str,
+def save_pretrained(directory, target: WeightsTarget, state_dict: Mapping[str, torch.Tensor], load_as: str,
                     evaluation: Optional[Mapping[str, Any]] = None, source: Optional[str] = None) -> Path:
     """Publish-ready folder for ``state_dict`` (nas-zoo's layout) as ``target``: checked to fit it exactly,
     the auxiliary head left out. ``load_as`` is the ``timm.create_model`` name the card shows."""

@@ -38,7 +38,7 @@ class LMError(ValueError):
 
 
 @dataclass
-class TrainConfig:
+class LMConfig:
     """rnn/train.py's flags and defaults (PTB); ``CORPUS_SETTINGS`` and the paper's evaluation override them."""
 
     epochs: int = 8000
@@ -63,7 +63,7 @@ class TrainConfig:
     max_batches: int = 0  # batches per epoch; 0: the whole training split (set it for a short CPU budget)
 
     @classmethod
-    def create(cls, setting: Dict[str, Any], overrides: Dict[str, Any]) -> "TrainConfig":
+    def create(cls, setting: Dict[str, Any], overrides: Dict[str, Any]) -> "LMConfig":
         """The config from a paper setting and user overrides (rnn/train.py names), validated."""
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
         values = {k: v for k, v in setting.items() if k in fields}
@@ -125,7 +125,7 @@ def resolve(name: str, dataset: str) -> Tuple[str, RecurrentGenotype, Dict[str, 
     return f"{genotype.name.lower()}_{dataset}", genotype, paper_setting(genotype, dataset)
 
 
-def build_model(genotype: RecurrentGenotype, ntoken: int, config: TrainConfig) -> RNNModel:
+def build_model(genotype: RecurrentGenotype, ntoken: int, config: LMConfig) -> RNNModel:
     return RNNModel(genotype, ntoken, **config.model_kwargs())
 
 
@@ -176,7 +176,7 @@ def evaluate(model: RNNModel, data: torch.Tensor, bptt: int) -> Tuple[float, flo
     return total / len(data), (data.size(0) - 1) * data.size(1) / seconds
 
 
-def _make_optimizer(kind: str, model: RNNModel, config: TrainConfig) -> torch.optim.Optimizer:
+def _make_optimizer(kind: str, model: RNNModel, config: LMConfig) -> torch.optim.Optimizer:
     if kind == "asgd":  # t0=0, lambd=0: a plain running average of the iterates from the switch on
         return torch.optim.ASGD(model.parameters(), lr=config.lr, t0=0, lambd=0.0, weight_decay=config.wdecay)
     return torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.wdecay)
@@ -187,13 +187,13 @@ def switch_to_asgd(history: List[float], val_loss: float, nonmono: int) -> bool:
     return len(history) > nonmono and val_loss > min(history[:-nonmono])
 
 
-def _sequence_length(config: TrainConfig) -> int:
+def _sequence_length(config: LMConfig) -> int:
     """rnn/train.py's random BPTT length: N(bptt, 5), bptt halved 5% of the time, clipped to [5, bptt + delta]."""
     bptt = config.bptt if random.random() < 0.95 else config.bptt / 2.0
     return min(max(5, int(random.gauss(bptt, 5))), config.bptt + config.max_seq_len_delta)
 
 
-def train_epoch(model: RNNModel, optimizer: torch.optim.Optimizer, data: torch.Tensor, config: TrainConfig,
+def train_epoch(model: RNNModel, optimizer: torch.optim.Optimizer, data: torch.Tensor, config: LMConfig,
                 progress: Optional[Progress] = None, task=None) -> float:
     """One pass over the batchified training split (or ``max_batches`` of it); returns the mean loss."""
     model.train()
@@ -239,17 +239,17 @@ class _Averaged:
                 p.copy_(saved)
 
 
-def _run_info(name: str, dataset: str, genotype: RecurrentGenotype, corpus: Corpus, config: TrainConfig) -> Dict:
+def _run_info(name: str, dataset: str, genotype: RecurrentGenotype, corpus: Corpus, config: LMConfig) -> Dict:
     return dict(model=name, dataset=dataset, genotype=genotype.to_dict(), vocabulary=corpus.words,
                 config=dataclasses.asdict(config))
 
 
-def train(name: str, genotype: RecurrentGenotype, corpus: Corpus, out: Path, setting: Dict[str, Any],
+def train_lm(name: str, genotype: RecurrentGenotype, corpus: Corpus, out: Path, setting: Dict[str, Any],
           overrides: Optional[Dict[str, Any]] = None, resume: bool = False, log: Callable[[str], None] = print,
           progress: bool = True) -> Dict[str, Any]:
     """Train with the recipe above into ``out``; returns the best validation and the final test figures.
 
-    ``setting`` is the paper's (``resolve``), ``overrides`` any ``TrainConfig`` fields; a resumed run keeps
+    ``setting`` is the paper's (``resolve``), ``overrides`` any ``LMConfig`` fields; a resumed run keeps
     its saved settings, with ``overrides`` on top (e.g. more ``epochs``).
     """
     out = Path(out)
@@ -263,7 +263,7 @@ def train(name: str, genotype: RecurrentGenotype, corpus: Corpus, out: Path, set
         raise LMError(f"{out} holds a run of {state['info']['model']}, not of {name}")
     if resume and state["info"]["vocabulary"] != corpus.words:
         raise LMError(f"{last} was trained on another vocabulary than the {corpus.dataset} corpus given")
-    config = TrainConfig.create(state["info"]["config"] if resume else setting, overrides or {})
+    config = LMConfig.create(state["info"]["config"] if resume else setting, overrides or {})
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     model = build_model(genotype, len(corpus.words), config)
@@ -317,7 +317,7 @@ def load_checkpoint(path: Path) -> Tuple[RNNModel, Dict[str, Any]]:
                       f"directory with best/)")
     info = load_state(found)["info"]
     (genotype,) = parse_genotypes(info["genotype"], f"{found}/state.pt").values()
-    config = TrainConfig.create(info["config"], {})
+    config = LMConfig.create(info["config"], {})
     model = build_model(genotype, len(info["vocabulary"]), config)
     load_weights(found, model)
     return model, info

@@ -17,7 +17,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from torch import nn
 
-from .convert import family_of
+from .convert import layout_of
 from .download import WeightsError, download_weights
 from .genotype import (Genotype, GenotypeError, RecurrentGenotype, get_genotype, list_genotypes, parse_genotypes,
                        unknown_name)
@@ -157,7 +157,7 @@ def unpublished_message(name: str, tag: Optional[str]) -> str:
     if name in MODELS:
         spec = MODELS[name]
         lines.append(f"convert the authors' released checkpoint ({spec.genotype.paper.get('code', 'see the paper')}):"
-                     f" nas-zoo convert --from {family_of(spec.genotype)} CHECKPOINT --model {name}.{tag} --out DIR,"
+                     f" nas-zoo convert --from {layout_of(spec.genotype)} CHECKPOINT --model {name}.{tag} --out DIR,"
                      " then timm.create_model('local-dir:DIR', pretrained=True)")
     lines.append("or pass your own: pretrained_cfg_overlay=dict(file='model.safetensors')")
     return "; ".join(lines)

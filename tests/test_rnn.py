@@ -121,7 +121,7 @@ def test_every_recurrent_genotype_builds_for_both_corpora(name, dataset):
     assert genotype is nas_zoo.get_genotype(name)
     assert (setting["ntoken"], setting["nhid"]) == {"ptb": (10000, 850), "wt2": (33278, 700)}[dataset]
     with torch.device("meta"):
-        params = sum(p.numel() for p in lm.build_model(genotype, setting["ntoken"], lm.TrainConfig.create(setting, {}))
+        params = sum(p.numel() for p in lm.build_model(genotype, setting["ntoken"], lm.LMConfig.create(setting, {}))
                      .parameters())
     assert params == {"ptb": 22_960_000, "wt2": 33_127_878}[dataset]
 
@@ -243,7 +243,7 @@ SMALL = dict(nhid=16, batch_size=4, eval_batch_size=4, test_batch_size=2, bptt=8
 
 def _train(corpus, out, epochs, resume=False, **overrides):
     name, genotype, setting = lm.resolve("DARTS_V2_RNN", "ptb")
-    return lm.train(name, genotype, corpus, out, setting, {**SMALL, "epochs": epochs, **overrides}, resume,
+    return lm.train_lm(name, genotype, corpus, out, setting, {**SMALL, "epochs": epochs, **overrides}, resume,
                     log=lambda line: None, progress=False)
 
 
@@ -289,7 +289,7 @@ def test_training_learns_the_toy_corpus(tmp_path):
 ])
 def test_bad_settings_are_refused(overrides, message):
     with pytest.raises(lm.LMError, match=message):
-        lm.TrainConfig.create({"nhid": 16}, overrides)
+        lm.LMConfig.create({"nhid": 16}, overrides)
 
 
 @pytest.mark.parametrize("name, dataset, message", [
