@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from nas_zoo.genotype import DATASETS, Genotype, GenotypeError, RecurrentGenotype, get_genotype, load_genotype
-from nas_zoo.summary import genotype_info, language_model_rows, zoo_rows
+from nas_zoo.summary import FAMILIES, genotype_info, language_model_rows, zoo_rows
 from nas_zoo.zoo import find_model
 
 from .output import console, fail
@@ -16,7 +16,6 @@ from .search import search_app
 
 app = typer.Typer(help="DARTS-family searched architectures: list, inspect, build.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-FAMILIES = ["darts", "gdas", "pdarts", "pc_darts", "ednas", "bnasv2"]
 
 
 def resolve_genotype(name_or_file: str) -> tuple[Genotype, Optional[str]]:

@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from nas_zoo.checkpoint import CheckpointError, find_checkpoint, load_state, load_weights
-from nas_zoo.data import DataSpec, DatasetError, build_dataset
+from nas_zoo.data import IMAGE_SOURCES, DataSpec, DatasetError, build_dataset
 from nas_zoo.evaluate import device_name, measure_speed, model_figures, reported_figures
-from nas_zoo.genotype import Genotype, write_text_atomic
+from nas_zoo.genotype import TEXT_DATASETS, Genotype, write_text_atomic
 from nas_zoo.recipes import TrainConfig, paper_recipe, read_config_file
 from nas_zoo.summary import family
 from nas_zoo.train import Target, device_for_run, evaluate_loader, make_loader, train
@@ -22,14 +22,12 @@ from . import lm
 from .app import resolve_genotype
 from .output import fail
 
-IMAGE_DATASETS = ["cifar10", "cifar100", "imagenet", "folder"]
-TEXT_DATASETS = ["ptb", "wt2"]
 
 
 def resolve_target(name: str, dataset: str) -> Target:
     """A model name, genotype name or genotype file, for ``dataset``: the paper's network for it."""
-    if dataset not in IMAGE_DATASETS:
-        raise fail(f"--dataset {dataset!r} is not one of: {', '.join(IMAGE_DATASETS)}")
+    if dataset not in IMAGE_SOURCES:
+        raise fail(f"--dataset {dataset!r} is not one of: {', '.join(IMAGE_SOURCES)}")
     genotype, model = resolve_genotype(name)
     lookup = "imagenet" if dataset == "folder" else dataset
     if model is not None or genotype.source.startswith("genotypes/"):
@@ -53,7 +51,7 @@ def _default_out(target: Target) -> Path:
 
 def train_command(
     name: str = typer.Argument(..., help="zoo model or genotype name, or a genotype file"),
-    dataset: str = typer.Option(..., help=f"one of {', '.join(IMAGE_DATASETS + TEXT_DATASETS)}"),
+    dataset: str = typer.Option(..., help=f"one of {', '.join(IMAGE_SOURCES + TEXT_DATASETS)}"),
     data_dir: Path = typer.Option(Path("data"), help="where the dataset lies (standard layouts)"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/NAME-DATASET)"),
     resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),
@@ -66,6 +64,7 @@ def train_command(
     auxiliary_weight: Optional[float] = typer.Option(None), drop_path_prob: Optional[float] = typer.Option(None),
     cutout_length: Optional[int] = typer.Option(None), init_channels: Optional[int] = typer.Option(None),
     layers: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
+    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells (bcnn; paper: 2)"),
     num_workers: Optional[int] = typer.Option(None),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic"),
     settings: List[str] = typer.Option([], "--set", help="FIELD=VALUE: language-model fields (rnn/train.py names)"),
@@ -80,7 +79,7 @@ def train_command(
     overrides = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lr_scheduler=lr_scheduler,
                      momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip, label_smooth=label_smooth,
                      auxiliary_weight=auxiliary_weight, drop_path_prob=drop_path_prob, cutout_length=cutout_length,
-                     init_channels=init_channels, layers=layers, seed=seed, num_workers=num_workers,
+                     init_channels=init_channels, layers=layers, en_layers=en_layers, seed=seed, num_workers=num_workers,
                      deterministic=deterministic)
     try:
         recipe = recipe_for(target).override(read_config_file(config)).override(overrides)
@@ -116,7 +115,7 @@ def _load_model(target: Target, checkpoint: Optional[Path], pretrained: bool, nu
 
 def evaluate_command(
     name: str = typer.Argument(..., help="zoo model or genotype name, or a genotype file"),
-    dataset: str = typer.Option(..., help=f"one of {', '.join(IMAGE_DATASETS + TEXT_DATASETS)}"),
+    dataset: str = typer.Option(..., help=f"one of {', '.join(IMAGE_SOURCES + TEXT_DATASETS)}"),
     data_dir: Optional[Path] = typer.Option(None, help="where the dataset lies; omit with --no-accuracy"),
     checkpoint: Optional[Path] = typer.Option(None, help="a run's checkpoint directory or a .safetensors file"),
     pretrained: bool = typer.Option(False, help="the published weights of the model (Hub)"),

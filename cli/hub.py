@@ -9,18 +9,21 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from nas_zoo.checkpoint import CheckpointError
-from nas_zoo.convert import FAMILIES, CheckpointFormatError, convert_state_dict, read_checkpoint
+from nas_zoo.convert import LAYOUTS, CheckpointFormatError, convert_state_dict, read_checkpoint
 from nas_zoo.genotype import DATASETS, GenotypeError, load_genotype
-from nas_zoo.hub import WEIGHTS_NAME, Target, push_folder, save_pretrained, sha256_of
+from nas_zoo.download import WEIGHTS_NAME, sha256_of
+from nas_zoo.hub import WeightsTarget, push_folder, save_pretrained
+from nas_zoo.lm import convert_language_model
 from nas_zoo.zoo import DATASET_TAGS, GENOTYPE_MODEL, ModelSpec, find_model
 
+from .lm import lm_errors
 from .output import fail
 
 TAG_DATASETS = {tag: dataset for dataset, tag in DATASET_TAGS.items()}
 
 
 def _target(name: str, num_classes: int, dataset: Optional[str], network: Optional[str], C: Optional[int],
-            layers: Optional[int]) -> Target:
+            layers: Optional[int], en_layers: Optional[int] = None) -> WeightsTarget:
     """A zoo model (``gdas_v1``, ``gdas_v1.cifar10``), a zoo genotype, or a genotype file (``FILE[:NAME]``)."""
     is_file = name.endswith(".json") or ":" in name or Path(name).exists()
     base, _, tag = ("", "", "") if is_file else name.partition(".")
@@ -41,7 +44,9 @@ def _target(name: str, num_classes: int, dataset: Optional[str], network: Option
             spec = find_model(base, dataset)
     except (GenotypeError, KeyError) as e:
         raise fail(str(e).strip('"')) from None
-    return Target.of(spec, dataset, num_classes, C, layers)
+    if en_layers is not None and not spec.network.startswith("bcnn"):
+        raise fail(f"--en-layers applies to the broad networks (bcnn, bcnn_imagenet); {spec.name} is {spec.network}")
+    return WeightsTarget.of(spec, dataset, num_classes, C, layers, en_layers)
 
 
 def _classes(state_dict) -> int:
@@ -50,7 +55,7 @@ def _classes(state_dict) -> int:
     return state_dict["classifier.weight"].shape[0]
 
 
-def _save(out: Path, target: Target, state_dict, load_as: str, evaluation, source: str) -> Path:
+def _save(out: Path, target: WeightsTarget, state_dict, load_as: str, evaluation, source: str) -> Path:
     try:
         return save_pretrained(out, target, state_dict, load_as, evaluation, source)
     except ValueError as e:  # the network cannot be built at that size
@@ -63,7 +68,7 @@ def _save(out: Path, target: Target, state_dict, load_as: str, evaluation, sourc
 
 
 def convert_command(
-    family: str = typer.Option(..., "--from", help=f"the code the checkpoint comes from: {', '.join(FAMILIES)}"),
+    family: str = typer.Option(..., "--from", help=f"the code the checkpoint comes from: {', '.join(LAYOUTS)}"),
     path: Path = typer.Argument(..., help="the authors' checkpoint (.pt/.pth/.pth.tar, or .safetensors)"),
     model: str = typer.Option(..., help="zoo model (gdas_v1, gdas_v1.cifar10), genotype, or genotype file"),
     out: Path = typer.Option(..., help="the weights folder to write (model.safetensors, config.json, README.md)"),
@@ -71,19 +76,24 @@ def convert_command(
     network: Optional[str] = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet"),
     C: Optional[int] = typer.Option(None, "--C", help="initial channels, if not the paper's"),
     layers: Optional[int] = typer.Option(None, help="cells, if not the paper's"),
+    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells, if not the paper's 2"),
 ) -> None:
     """Convert an authors' released checkpoint into nas-zoo's weights folder (loadable with local-dir:OUT)."""
-    if family not in FAMILIES:
-        raise fail(f"--from {family!r} is not one of: {', '.join(FAMILIES)}")
+    if family not in LAYOUTS:
+        raise fail(f"--from {family!r} is not one of: {', '.join(LAYOUTS)}")
     try:
         state_dict, extra = read_checkpoint(path)
     except CheckpointFormatError as e:
         raise fail(str(e)) from None
+    if "rnns.0._W0" in state_dict:  # the DARTS language model (rnn/model.py), e.g. a whole pickled model.pt
+        _convert_language_model(state_dict, path, model, out, dataset, dict(network=network, C=C, layers=layers,
+                                                                            en_layers=en_layers))
+        return
     args = extra.get("args", {})  # NAS-Projects (GDAS) records the network it trained
     if args.get("dataset") in DATASETS:
         dataset = dataset or args["dataset"]
     target = _target(model, _classes(state_dict), dataset, network, C or args.get("init_channels"),
-                     layers or args.get("layers"))
+                     layers or args.get("layers"), en_layers)
     if args.get("arch") and args["arch"].lower() != target.spec.genotype.name.lower():
         raise fail(f"{path} was trained as {args['arch']} (its args.arch), not {target.spec.genotype.name}")
     auxiliary = any(k.startswith("auxiliary_head.") for k in state_dict)
@@ -102,6 +112,16 @@ def convert_command(
                     "pretrained=True) after import nas_zoo", highlight=False, soft_wrap=True)
 
 
+def _convert_language_model(state_dict, path: Path, model: str, out: Path, dataset: Optional[str], cnn_flags) -> None:
+    given = [f"--{k.replace('_', '-')}" for k, v in cnn_flags.items() if v is not None]
+    if given:
+        raise fail(f"{', '.join(given)}: not for a language model (its size comes from the checkpoint)")
+    with lm_errors():
+        name, folder = convert_language_model(state_dict, model, out, dataset, str(path))
+    Console().print(f"wrote {folder} ({name}); load it with nas_zoo.checkpoint.load_weights('{folder}', "
+                    f"nas_zoo.create_model('{name}', **config['model_args']))", highlight=False, soft_wrap=True)
+
+
 def push_command(
     name: str = typer.Argument(..., help="zoo model (gdas_v1.cifar10), genotype, or genotype file"),
     checkpoint: Path = typer.Option(..., help="nas-zoo weights: a .safetensors file, a run's checkpoint directory "
@@ -112,6 +132,7 @@ def push_command(
     network: Optional[str] = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet"),
     C: Optional[int] = typer.Option(None, "--C", help="initial channels, if not the paper's"),
     layers: Optional[int] = typer.Option(None, help="cells, if not the paper's"),
+    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells, if not the paper's 2"),
     private: bool = typer.Option(False, help="create the repository private"),
 ) -> None:
     """Upload weights to the Hub as model.safetensors + config.json + README.md (token: HF_TOKEN or login)."""
@@ -129,7 +150,7 @@ def push_command(
         except (OSError, json.JSONDecodeError) as e:
             raise fail(f"{evaluation}: not a readable evaluation JSON ({e})") from None
         dataset = dataset or metrics.get("dataset")
-    target = _target(name, _classes(state_dict), dataset, network, C, layers)
+    target = _target(name, _classes(state_dict), dataset, network, C, layers, en_layers)
     if metrics is not None and metrics.get("dataset", target.dataset) != target.dataset:
         raise fail(f"{evaluation} evaluates on {metrics['dataset']}, the weights are for {target.dataset}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,13 +9,13 @@ from rich.console import Console
 from nas_zoo.checkpoint import CheckpointError
 from nas_zoo.corpus import CorpusError, load_corpus
 from nas_zoo.genotype import GenotypeError
-from nas_zoo.lm import LMError, TrainConfig, build_model, evaluate_checkpoint, evaluate_model, resolve, train
+from nas_zoo.lm import LMError, LMConfig, build_model, evaluate_checkpoint, evaluate_model, resolve, train_lm
 
 console = Console(stderr=True)
 
 
 @contextlib.contextmanager
-def _user_errors():
+def lm_errors():
     """Bad input of any kind -> one line on stderr and exit status 2."""
     try:
         yield
@@ -28,21 +28,21 @@ def _user_errors():
 def train_language_model(model: str, dataset: str, data_dir: Path, out: Path, resume: bool,
                          overrides: Dict[str, Any]) -> None:
     """Train ``model`` (zoo LM, recurrent genotype or genotype file) on ``dataset`` with the paper's recipe."""
-    with _user_errors():
+    with lm_errors():
         name, genotype, setting = resolve(model, dataset)
         corpus = load_corpus(dataset, data_dir)
-        result = train(name, genotype, corpus, out, setting, overrides, resume, log=console.print)
+        result = train_lm(name, genotype, corpus, out, setting, overrides, resume, log=console.print)
     console.print(f"{name} on {dataset}: best valid ppl {result['valid_ppl']:.2f}, test ppl {result['test_ppl']:.2f} "
                   f"({out / 'best'})")
 
 
 def evaluate_language_model(model: str, dataset: str, data_dir: Path, checkpoint: Optional[Path]) -> Dict[str, Any]:
     """Validation and test perplexity, params and tokens/s; without a checkpoint, of the untrained model."""
-    with _user_errors():
+    with lm_errors():
         name, genotype, setting = resolve(model, dataset)
         corpus = load_corpus(dataset, data_dir)
         if checkpoint is None:
-            net = build_model(genotype, len(corpus.words), TrainConfig.create(setting, {}))
+            net = build_model(genotype, len(corpus.words), LMConfig.create(setting, {}))
             result = evaluate_model(net, corpus, name=name)
         else:
             result = evaluate_checkpoint(checkpoint, corpus)

@@ -8,14 +8,21 @@
 * ``{"model": ..., "optimizer": ...}`` (EDNAS's Horovod ImageNet script);
 * NAS-Projects' GDAS checkpoints, ``{"epoch", "args", "state_dict", "optimizer", "scheduler", "accuracies"}``,
   whose ``args`` is an ``argparse.Namespace`` (plain data, allowed; its ``arch``, ``init_channels``,
-  ``layers`` and ``dataset`` say which network the weights are for).
+  ``layers`` and ``dataset`` say which network the weights are for);
+* the whole pickled language model that DARTS's ``rnn/train.py`` (``utils.save_checkpoint``:
+  ``torch.save(model, 'model.pt')``) and EDNAS's PTB copy save. Its classes (``model.RNNModel``,
+  ``model.DARTSCell``, ``utils.LockedDropout``, ``genotypes.Genotype`` and torch's layers) are read as inert
+  stand-ins by the same ``weights_only`` unpickler: an object that keeps the state it is given and runs
+  nothing. Only the tensors under each module's ``_parameters`` and ``_buffers`` are kept.
 
-Anything else that needs unpickling (a class from the authors' code, a whole pickled model) is refused
-with the name of the object: nas-zoo never runs code from a checkpoint.
+Any other global (a class outside that list, a function such as ``os.system``) is refused with its name
+before anything is called: nas-zoo never runs code from a checkpoint and imports none of the authors'.
 """
+import _compat_pickle
 import argparse
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Tuple
 
@@ -35,10 +42,10 @@ _BNAS_RULES = _DARTS_RULES + [
 ]
 # The DARTS language model (rnn/model.py; GDAS lib/nas_rnn, EDNAS PTB): its decoder.weight is the embedding.
 _RNN_RULES = [(r"^rnns\.0\.", "cell."), (r"^decoder\.bias$", "decoder_bias")]
-# The code family of each paper file: the repository whose layout its released checkpoints have.
-_FILE_FAMILIES = {"darts": "darts", "pdarts": "pdarts", "pc_darts": "pc-darts", "ednas": "ednas", "gdas": "gdas",
+# The checkpoint layout (``--from``) of each paper file: the repository whose layout its released checkpoints have.
+_FILE_LAYOUTS = {"darts": "darts", "pdarts": "pdarts", "pc_darts": "pc-darts", "ednas": "ednas", "gdas": "gdas",
                   "bnasv2": "bnas"}
-FAMILIES = {"darts": _DARTS_RULES, "pdarts": _DARTS_RULES, "pc-darts": _DARTS_RULES, "ednas": _DARTS_RULES,
+LAYOUTS = {"darts": _DARTS_RULES, "pdarts": _DARTS_RULES, "pc-darts": _DARTS_RULES, "ednas": _DARTS_RULES,
             "gdas": _GDAS_RULES, "bnas": _BNAS_RULES, "darts_rnn": _RNN_RULES}
 
 
@@ -56,21 +63,21 @@ def _bnas_reduction_order(num_branches: int) -> List[Tuple[int, int]]:
     return order, made
 
 
-def convert_state_dict(state_dict: Dict[str, torch.Tensor], family: str, model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Rename an authors' ``state_dict`` of ``family`` to ``model``'s keys; raise on missing/unexpected keys.
+def convert_state_dict(state_dict: Dict[str, torch.Tensor], layout: str, model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Rename an authors' ``state_dict`` in ``layout`` (a key of ``LAYOUTS``) to ``model``'s keys; raise on missing/unexpected keys.
 
     The result is complete for ``model`` (BatchNorm step counters the file lacks are taken from ``model``).
     """
-    rules = FAMILIES[family]
+    rules = LAYOUTS[layout]
     flat_lists = {}
-    if family == "bnas":
+    if layout == "bnas":
         gap_order, made = _bnas_reduction_order(len(model.taps))
         gap_order += [(branch, made[branch] + 1) for branch in range(len(model.taps))]
         flat_lists = {"reduction_convs_gap": ("taps", gap_order),
                       "reduction_convs_en": ("enhancement_inputs", _bnas_reduction_order(len(model.enhancement_inputs))[0])}
     converted = {}
     for key, tensor in state_dict.items():
-        if family == "darts_rnn" and key == "decoder.weight":
+        if layout == "darts_rnn" and key == "decoder.weight":
             continue  # tied to encoder.weight
         new = key
         for pattern, replacement in rules:
@@ -92,13 +99,88 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], family: str, model: 
     return {**{k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}, **converted}
 
 
-def family_of(genotype: Genotype) -> str:
-    """The code family (``--from``) of a zoo genotype's paper, ``darts`` for genotypes outside the zoo."""
-    return _FILE_FAMILIES.get(Path(genotype.source).stem, "darts")
+def layout_of(genotype: Genotype) -> str:
+    """The checkpoint layout (``--from``) of a zoo genotype's paper, ``darts`` for genotypes outside the zoo."""
+    return _FILE_LAYOUTS.get(Path(genotype.source).stem, "darts")
 
 
 class CheckpointFormatError(ValueError):
     """A checkpoint file that cannot be read as tensors and plain data, or holds no state_dict."""
+
+
+class _StandIn:
+    """An inert object in place of a pickled class: takes any arguments, keeps the state it is given."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+# The classes a whole pickled DARTS / EDNAS language model names (rnn/model.py, utils.py, genotypes.py; torch).
+WHOLE_MODEL_CLASSES = ("model.RNNModel", "model.DARTSCell", "utils.LockedDropout", "genotypes.Genotype",
+                       "torch.nn.modules.sparse.Embedding", "torch.nn.modules.linear.Linear",
+                       "torch.nn.modules.dropout.Dropout", "torch.nn.modules.container.ModuleList",
+                       "torch.nn.modules.container.ParameterList")
+_STAND_INS = [type(path.rpartition(".")[2], (_StandIn,), {"__module__": path.rpartition(".")[0],
+                                                          "__qualname__": path.rpartition(".")[2]})
+              for path in WHOLE_MODEL_CLASSES]
+
+
+def _module_tensors(module: _StandIn, prefix: str = "") -> Dict[str, torch.Tensor]:
+    """A pickled module's ``state_dict``: its parameters and persistent buffers, then its children's."""
+    state = getattr(module, "state", None)
+    if not isinstance(state, Mapping):
+        return {}
+    skip = state.get("_non_persistent_buffers_set") or set()
+    tensors = {prefix + k: v for kind in ("_parameters", "_buffers") for k, v in (state.get(kind) or {}).items()
+               if isinstance(v, torch.Tensor) and k not in skip}
+    for name, child in (state.get("_modules") or {}).items():
+        tensors.update(_module_tensors(child, f"{prefix}{name}."))
+    return tensors
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """pickle's Unpickler resolving only the globals ``torch.load(weights_only=True)`` allows and the stand-ins;
+    any other global is refused before it is looked up, so nothing outside that list can be called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # protocol 2 writes Python 2's names (__builtin__.set)
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        allowed = {**torch._weights_only_unpickler._get_allowed_globals(),
+                   **{f"{c.__module__}.{c.__qualname__}": c for c in (argparse.Namespace, *_STAND_INS)}}
+        if f"{module}.{name}" not in allowed:
+            raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name}")
+        return allowed[f"{module}.{name}"]
+
+
+class _restricted_pickle:  # the ``pickle_module`` torch.load reads with: its Unpickler, and load for the headers
+    Unpickler = _RestrictedUnpickler
+
+    @staticmethod
+    def load(file, **kwargs) -> Any:
+        return _RestrictedUnpickler(file, **kwargs).load()
+
+
+def _load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``, with the whole-model classes allowed as inert stand-ins.
+
+    A whole model in PyTorch's legacy format (before 1.6, as the released DARTS model) names each module class
+    as a persistent id, which the weights-only unpickler refuses; it is read by ``_RestrictedUnpickler``.
+    """
+    with torch.serialization.safe_globals([argparse.Namespace, *_STAND_INS]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # legacy files compare their saved class sources with ours
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "Only persistent_load of storage is allowed" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
 
 
 def _is_state_dict(value: Any) -> bool:
@@ -116,14 +198,10 @@ def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     if not path.is_file():
         raise CheckpointFormatError(f"{path}: no such checkpoint file")
     try:
-        if path.suffix == ".safetensors":
-            data: Any = load_file(str(path))
-        else:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                data = torch.load(path, map_location="cpu", weights_only=True)
+        data: Any = load_file(str(path)) if path.suffix == ".safetensors" else _load(path)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        refused = re.search(r"WeightsUnpickler error: ([^\n]+)", str(e))
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # "Unsupported global: GLOBAL x" or "... GLOBAL x whose module"
+        refused = found or re.search(r"WeightsUnpickler error: ([^\n]+)", str(e))
         if not refused:
             raise CheckpointFormatError(f"{path}: not a readable PyTorch or safetensors checkpoint ({e})") from None
         what = f"it pickles {found.group(1)}" if found else refused.group(1)
@@ -134,6 +212,11 @@ def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     except Exception as e:  # noqa: BLE001 - truncated zip, not a torch file: all mean the same to the user
         raise CheckpointFormatError(f"{path}: not a readable PyTorch or safetensors checkpoint ({e})") from None
     extra: Dict[str, Any] = {}
+    if isinstance(data, _StandIn):  # a whole pickled model
+        extra = {"pickled_class": f"{type(data).__module__}.{type(data).__qualname__}"}
+        data = _module_tensors(data)
+        if not data:
+            raise CheckpointFormatError(f"{path}: pickles a {extra['pickled_class']} that holds no tensors")
     if not _is_state_dict(data):
         if not isinstance(data, Mapping):
             raise CheckpointFormatError(f"{path}: holds a {type(data).__name__}, not a state_dict or a dict with one")

@@ -34,9 +34,6 @@ class Corpus:
     valid: torch.Tensor
     test: torch.Tensor
 
-    def split(self, name: str) -> torch.Tensor:
-        return getattr(self, name)
-
 
 def _lines(path: Path) -> List[List[str]]:
     try:

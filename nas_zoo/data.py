@@ -17,11 +17,13 @@ from timm.data import create_transform
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
+from .genotype import IMAGE_DATASETS
+
 CIFAR_LAYOUTS = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
 }
-DATASETS = ("cifar10", "cifar100", "imagenet", "folder")
+IMAGE_SOURCES = (*IMAGE_DATASETS, "folder")  # the papers' image datasets, and any class-folder dataset
 
 
 class DatasetError(ValueError):
@@ -142,7 +144,7 @@ def build_dataset(spec: DataSpec, config: dict, train: bool) -> Dataset:
         return CifarPickles(root, spec.dataset, train, cifar_transforms(config["mean"], config["std"], train,
                                                                          spec.cutout))
     if spec.dataset not in ("imagenet", "folder"):
-        raise DatasetError(f"unknown dataset {spec.dataset!r}; expected one of {', '.join(DATASETS)}")
+        raise DatasetError(f"unknown dataset {spec.dataset!r}; expected one of {', '.join(IMAGE_SOURCES)}")
     split = root / ("train" if train else "val")
     if not split.is_dir():
         raise DatasetError(f"{spec.dataset}: {split} not found; expected class folders under {root}/train and "

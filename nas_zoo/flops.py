@@ -8,7 +8,7 @@ P-DARTS and PC-DARTS ship no counter; their tables ("x+ (M)") are met, to their 
 operations per batch-norm output element and one per ReLU output element (an empirical fit: 557.1 ->
 557, 585.9 -> 586, 597.1 -> 597). We count those elements with forward hooks and show both totals, as the
 conv+linear count reproduces GDAS's figures (581M / 497M, GDAS's own flop_benchmark.py counts the same).
-Neither reproduces the 574M quoted for DARTS_V2 (530M / 544M here). Pooling elements are reported too.
+Neither reproduces the 574M quoted for DARTS_V2 (530M / 544M here).
 """
 from dataclasses import dataclass
 from typing import Dict, Sequence
@@ -17,8 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-_ELEMENTWISE = {"batch_norm": nn.modules.batchnorm._BatchNorm, "relu": nn.ReLU,
-                "pool": (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)}
+_ELEMENTWISE = {"batch_norm": nn.modules.batchnorm._BatchNorm, "relu": nn.ReLU}
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,6 @@ class FlopCount:
     macs: int
     batch_norm_elements: int
     relu_elements: int
-    pool_elements: int
 
     def conventions(self) -> Dict[str, int]:
         """The total under each convention a paper used, keyed by a label that names it."""
@@ -62,4 +60,4 @@ def count_flops(model: nn.Module, input_size: Sequence[int]) -> FlopCount:
         for handle in handles:
             handle.remove()
     return FlopCount(macs=counter.get_total_flops() // 2, batch_norm_elements=elements["batch_norm"],
-                     relu_elements=elements["relu"], pool_elements=elements["pool"])
+                     relu_elements=elements["relu"])

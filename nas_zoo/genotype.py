@@ -46,7 +46,7 @@ SETTING_FIELDS = {
     "drop_path": (float, "a probability in [0, 1)"),
     "reported": (dict, "an object of figures"),
     # Recurrent cells: the language model's width and the paper's training recipe where it departs from
-    # the DARTS defaults (nas_zoo.lm.TrainConfig).
+    # the DARTS defaults (nas_zoo.lm.LMConfig).
     "nhid": (int, "a positive integer"),
     "epochs": (int, "a positive integer"),
     "wdecay": (float, "a number >= 0"),

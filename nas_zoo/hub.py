@@ -1,4 +1,4 @@
-"""Pretrained weights: nas-zoo's published form, the checked download, the model card and the upload.
+"""Pretrained weights: nas-zoo's published form, the model card and the upload (the download: ``download``).
 
 Published weights are a folder, on disk or as a Hugging Face Hub model repository, in timm's Hub layout:
 
@@ -14,9 +14,7 @@ After ``import nas_zoo``, ``timm.create_model("hf-hub:ORG/REPO", pretrained=True
 file names and checks them against the sha256 recorded there; ``hf-hub:`` downloads are checked against the
 sha256 the Hub reports for the file (its LFS etag). A file that fails the check is removed from the cache.
 """
-import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
@@ -26,22 +24,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .checkpoint import CheckpointError, atomic_directory, load_fitting
+from .download import WEIGHTS_NAME
 from .zoo import DATASET_TAGS, GENOTYPE_MODEL, MODELS, NUM_CLASSES, ModelSpec, _pretrained_cfg
 
-WEIGHTS_NAME = "model.safetensors"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class WeightsError(CheckpointError):
-    """Weights that are not published, cannot be downloaded, or fail their sha256 check."""
-
-
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def inference_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -117,23 +102,25 @@ def model_card(config: Mapping[str, Any], dataset: str, load_as: str, evaluation
 
 
 @dataclass(frozen=True)
-class Target:
+class WeightsTarget:
     """What a weights folder holds: a zoo model (or any genotype, as ``nas_genotype``) at a size, trained on
     a dataset."""
 
     spec: ModelSpec
     dataset: str
+    enhancement_layers: Optional[int] = None  # the broad network's enhancement cells, if not its default (2)
 
     @classmethod
     def of(cls, spec: ModelSpec, dataset: Optional[str] = None, num_classes: Optional[int] = None,
-           C: Optional[int] = None, layers: Optional[int] = None) -> "Target":
-        """``spec`` at ``C``/``layers`` (its paper size by default), on ``dataset`` (else the dataset with
-        ``num_classes`` classes among the model's, else its first)."""
+           C: Optional[int] = None, layers: Optional[int] = None,
+           enhancement_layers: Optional[int] = None) -> "WeightsTarget":
+        """``spec`` at ``C``/``layers``/``enhancement_layers`` (its paper size by default), on ``dataset`` (else
+        the dataset with ``num_classes`` classes among the model's, else its first)."""
         datasets = spec.datasets or list(NUM_CLASSES)
         if dataset is None:
             dataset = next((d for d in datasets if NUM_CLASSES[d] == num_classes), datasets[0])
         return cls(ModelSpec(spec.name, spec.genotype, spec.network, C or spec.C, layers or spec.layers,
-                             spec.evaluations), dataset)
+                             spec.evaluations), dataset, enhancement_layers)
 
     @property
     def tag(self) -> str:
@@ -146,10 +133,12 @@ class Target:
     def model_args(self) -> Dict[str, Any]:
         """What ``timm.create_model`` needs beyond the registered model's defaults."""
         spec = self.spec
+        broad = {"enhancement_layers": self.enhancement_layers} if self.enhancement_layers is not None else {}
         if not self.in_zoo:
-            return {"genotype": spec.genotype.to_dict(), "network": spec.network, "C": spec.C, "layers": spec.layers}
+            return {"genotype": spec.genotype.to_dict(), "network": spec.network, "C": spec.C, "layers": spec.layers,
+                    **broad}
         paper = MODELS[spec.name]
-        return {k: v for k, v in (("C", spec.C), ("layers", spec.layers)) if v != getattr(paper, k)}
+        return {**{k: v for k, v in (("C", spec.C), ("layers", spec.layers)) if v != getattr(paper, k)}, **broad}
 
     def create(self, **kwargs) -> nn.Module:
         import timm
@@ -158,7 +147,7 @@ class Target:
         return timm.create_model(name, **self.model_args(), **kwargs)
 
 
-def save_pretrained(directory, target: Target, state_dict: Mapping[str, torch.Tensor], load_as: str,
+def save_pretrained(directory, target: WeightsTarget, state_dict: Mapping[str, torch.Tensor], load_as: str,
                     evaluation: Optional[Mapping[str, Any]] = None, source: Optional[str] = None) -> Path:
     """Publish-ready folder for ``state_dict`` (nas-zoo's layout) as ``target``: checked to fit it exactly,
     the auxiliary head left out. ``load_as`` is the ``timm.create_model`` name the card shows."""
@@ -186,46 +175,12 @@ def write_pretrained(directory, model: nn.Module, config: Mapping[str, Any], car
     return Path(directory)
 
 
-def download_weights(hub_id: str, sha256: Optional[str] = None, cache_dir=None) -> Path:
-    """``model.safetensors`` of ``hub_id`` (``ORG/REPO[@REVISION]``) from the Hub cache, downloading it if needed.
-
-    The file must hash to ``sha256`` (the registry's) or, without one, to the sha256 the Hub names it by.
-    A file that does not is removed from the cache and a WeightsError says so. ``HF_HUB_OFFLINE=1`` serves
-    the cached file (checked the same way) without touching the network.
-    """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    repo_id, _, revision = hub_id.partition("@")
-    try:
-        path = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision or None, cache_dir=cache_dir,
-                                    library_name="nas-zoo"))
-    except LocalEntryNotFoundError as e:
-        raise WeightsError(f"{hub_id}: {WEIGHTS_NAME} is not in the cache and the Hub cannot be reached ({e})") from None
-    except (HfHubHTTPError, OSError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{hub_id}: downloading {WEIGHTS_NAME} failed: {first_line}") from None
-    blob = path.resolve()
-    expected = sha256 or (blob.name if _SHA256.fullmatch(blob.name) else None)
-    if expected is None:
-        raise WeightsError(f"{hub_id}: the Hub gives no sha256 for {WEIGHTS_NAME} (not an LFS file), so it cannot "
-                           "be checked; record its sha256 in the genotype file's \"weights\"")
-    actual = sha256_of(blob)
-    if actual != expected:
-        for bad in {path, blob}:
-            bad.unlink(missing_ok=True)
-        raise WeightsError(f"{hub_id}: {WEIGHTS_NAME} fails its sha256 check (expected {expected}, got {actual}): "
-                           "the download is corrupted or truncated; it was removed from the cache, so a retry "
-                           "downloads it again")
-    return path
-
-
-def push_folder(directory, repo_id: str, private: bool = False, token: Optional[str] = None) -> str:
-    """Create ``repo_id`` on the Hub (if new) and upload ``directory``; the token comes from ``token``, else
-    ``HF_TOKEN`` or ``huggingface-cli login``. Returns the commit's URL."""
+def push_folder(directory, repo_id: str, private: bool = False) -> str:
+    """Create ``repo_id`` on the Hub (if new) and upload ``directory``; the token comes from ``HF_TOKEN`` or
+    ``hf auth login``. Returns the commit's URL."""
     from huggingface_hub import HfApi
 
-    api = HfApi(token=token, library_name="nas-zoo")
+    api = HfApi(library_name="nas-zoo")
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.upload_folder(repo_id=repo_id, folder_path=str(directory), commit_message="Upload nas-zoo weights")
     return commit.commit_url

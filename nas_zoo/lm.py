@@ -11,6 +11,7 @@ A run writes ``OUT/last`` after every epoch (weights, optimizer, RNG streams: ``
 exact same run) and ``OUT/best`` whenever validation improves (the weights that ``evaluate`` reads).
 """
 import dataclasses
+import json
 import math
 import random
 import time
@@ -21,8 +22,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import save_file
 
-from .checkpoint import find_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (atomic_directory, find_checkpoint, load_fitting, load_state, load_weights, rng_state,
+                         save_checkpoint, set_rng_state)
+from .convert import convert_state_dict
 from .corpus import Corpus, batchify, get_batch
 from .genotype import RecurrentGenotype, get_genotype, list_genotypes, load_genotype, parse_genotypes, unknown_name
 from .rnn import CORPUS_SETTINGS, RNNModel, paper_setting
@@ -34,7 +38,7 @@ class LMError(ValueError):
 
 
 @dataclass
-class TrainConfig:
+class LMConfig:
     """rnn/train.py's flags and defaults (PTB); ``CORPUS_SETTINGS`` and the paper's evaluation override them."""
 
     epochs: int = 8000
@@ -59,7 +63,7 @@ class TrainConfig:
     max_batches: int = 0  # batches per epoch; 0: the whole training split (set it for a short CPU budget)
 
     @classmethod
-    def create(cls, setting: Dict[str, Any], overrides: Dict[str, Any]) -> "TrainConfig":
+    def create(cls, setting: Dict[str, Any], overrides: Dict[str, Any]) -> "LMConfig":
         """The config from a paper setting and user overrides (rnn/train.py names), validated."""
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
         values = {k: v for k, v in setting.items() if k in fields}
@@ -121,8 +125,37 @@ def resolve(name: str, dataset: str) -> Tuple[str, RecurrentGenotype, Dict[str, 
     return f"{genotype.name.lower()}_{dataset}", genotype, paper_setting(genotype, dataset)
 
 
-def build_model(genotype: RecurrentGenotype, ntoken: int, config: TrainConfig) -> RNNModel:
+def build_model(genotype: RecurrentGenotype, ntoken: int, config: LMConfig) -> RNNModel:
     return RNNModel(genotype, ntoken, **config.model_kwargs())
+
+
+def convert_language_model(state_dict: Dict[str, torch.Tensor], name: str, out: Path,
+                           dataset: Optional[str] = None, source: str = "the checkpoint") -> Tuple[str, Path]:
+    """The authors' language-model weights (``convert.read_checkpoint`` of DARTS's or EDNAS's ``model.pt``) as
+    ``out/model.safetensors`` (our layout) and ``out/config.json`` (model, corpus, genotype, ``ntoken``/``nhid``).
+
+    The corpus is ``dataset``, else the one whose vocabulary size the embedding has. Returns the model's name
+    and ``out``; ``nas_zoo.create_model(name, ntoken=..., nhid=...)`` then ``load_weights(out, model)`` reads it.
+    """
+    if "encoder.weight" not in state_dict:
+        raise LMError(f"{source}: no encoder.weight, so not the DARTS language model's weights")
+    ntoken, nhid = state_dict["encoder.weight"].shape
+    dataset = dataset or next((d for d, s in CORPUS_SETTINGS.items() if s["ntoken"] == ntoken), None)
+    if dataset is None:
+        raise LMError(f"{source}: its {ntoken:,}-word vocabulary is neither PTB's nor WT2's; pass the corpus "
+                      f"(--dataset ptb|wt2)")
+    model_name, genotype, _ = resolve(name, dataset)
+    model = RNNModel(genotype, ntoken, nhid)
+    try:
+        load_fitting(convert_state_dict(state_dict, "darts_rnn", model), model, source)
+    except KeyError as e:
+        raise LMError(f"{source}: {e.args[0]}; is it a checkpoint of {genotype.name}?") from None
+    config = dict(architecture=model_name, dataset=dataset, genotype=genotype.to_dict(),
+                  model_args=dict(ntoken=ntoken, nhid=nhid))
+    with atomic_directory(out) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return model_name, Path(out)
 
 
 @torch.no_grad()
@@ -143,7 +176,7 @@ def evaluate(model: RNNModel, data: torch.Tensor, bptt: int) -> Tuple[float, flo
     return total / len(data), (data.size(0) - 1) * data.size(1) / seconds
 
 
-def _make_optimizer(kind: str, model: RNNModel, config: TrainConfig) -> torch.optim.Optimizer:
+def _make_optimizer(kind: str, model: RNNModel, config: LMConfig) -> torch.optim.Optimizer:
     if kind == "asgd":  # t0=0, lambd=0: a plain running average of the iterates from the switch on
         return torch.optim.ASGD(model.parameters(), lr=config.lr, t0=0, lambd=0.0, weight_decay=config.wdecay)
     return torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.wdecay)
@@ -154,13 +187,13 @@ def switch_to_asgd(history: List[float], val_loss: float, nonmono: int) -> bool:
     return len(history) > nonmono and val_loss > min(history[:-nonmono])
 
 
-def _sequence_length(config: TrainConfig) -> int:
+def _sequence_length(config: LMConfig) -> int:
     """rnn/train.py's random BPTT length: N(bptt, 5), bptt halved 5% of the time, clipped to [5, bptt + delta]."""
     bptt = config.bptt if random.random() < 0.95 else config.bptt / 2.0
     return min(max(5, int(random.gauss(bptt, 5))), config.bptt + config.max_seq_len_delta)
 
 
-def train_epoch(model: RNNModel, optimizer: torch.optim.Optimizer, data: torch.Tensor, config: TrainConfig,
+def train_epoch(model: RNNModel, optimizer: torch.optim.Optimizer, data: torch.Tensor, config: LMConfig,
                 progress: Optional[Progress] = None, task=None) -> float:
     """One pass over the batchified training split (or ``max_batches`` of it); returns the mean loss."""
     model.train()
@@ -206,17 +239,17 @@ class _Averaged:
                 p.copy_(saved)
 
 
-def _run_info(name: str, dataset: str, genotype: RecurrentGenotype, corpus: Corpus, config: TrainConfig) -> Dict:
+def _run_info(name: str, dataset: str, genotype: RecurrentGenotype, corpus: Corpus, config: LMConfig) -> Dict:
     return dict(model=name, dataset=dataset, genotype=genotype.to_dict(), vocabulary=corpus.words,
                 config=dataclasses.asdict(config))
 
 
-def train(name: str, genotype: RecurrentGenotype, corpus: Corpus, out: Path, setting: Dict[str, Any],
+def train_lm(name: str, genotype: RecurrentGenotype, corpus: Corpus, out: Path, setting: Dict[str, Any],
           overrides: Optional[Dict[str, Any]] = None, resume: bool = False, log: Callable[[str], None] = print,
           progress: bool = True) -> Dict[str, Any]:
     """Train with the recipe above into ``out``; returns the best validation and the final test figures.
 
-    ``setting`` is the paper's (``resolve``), ``overrides`` any ``TrainConfig`` fields; a resumed run keeps
+    ``setting`` is the paper's (``resolve``), ``overrides`` any ``LMConfig`` fields; a resumed run keeps
     its saved settings, with ``overrides`` on top (e.g. more ``epochs``).
     """
     out = Path(out)
@@ -230,7 +263,7 @@ def train(name: str, genotype: RecurrentGenotype, corpus: Corpus, out: Path, set
         raise LMError(f"{out} holds a run of {state['info']['model']}, not of {name}")
     if resume and state["info"]["vocabulary"] != corpus.words:
         raise LMError(f"{last} was trained on another vocabulary than the {corpus.dataset} corpus given")
-    config = TrainConfig.create(state["info"]["config"] if resume else setting, overrides or {})
+    config = LMConfig.create(state["info"]["config"] if resume else setting, overrides or {})
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     model = build_model(genotype, len(corpus.words), config)
@@ -284,7 +317,7 @@ def load_checkpoint(path: Path) -> Tuple[RNNModel, Dict[str, Any]]:
                       f"directory with best/)")
     info = load_state(found)["info"]
     (genotype,) = parse_genotypes(info["genotype"], f"{found}/state.pt").values()
-    config = TrainConfig.create(info["config"], {})
+    config = LMConfig.create(info["config"], {})
     model = build_model(genotype, len(info["vocabulary"]), config)
     load_weights(found, model)
     return model, info

@@ -118,6 +118,16 @@ class NetworkBase(nn.Module):
         x = self.head_drop(self.global_pool(x))
         return x if pre_logits else self.classifier(x)
 
+    def _prune_head(self, max_index: int, prune_head: bool) -> None:
+        """timm's ``prune_intermediate_layers`` tail (as resnet.py): features now end at feature ``max_index``,
+        so a head sized for the last features goes, as it does on request (the auxiliary head with it)."""
+        prune_end = max_index < len(self.feature_info) - 1
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.auxiliary_head = None
+            self.reset_classifier(0, "")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
@@ -169,14 +179,17 @@ class CellNetwork(NetworkBase):
             if auxiliary else None
         self._init_head(C_prev, num_classes, global_pool, drop_rate)
 
-    def _forward_states(self, x: torch.Tensor, keep: Sequence[int]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """The last cell's output and the states listed in ``keep``.
+    def _forward_states(self, x: torch.Tensor, keep: Sequence[int], cells: Optional[int] = None
+                        ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The last cell's output and the states listed in ``keep``, running the first ``cells`` cells (all).
 
         States 0 and 1 are the stem's two outputs (s0, s1); state i + 2 is the output of cell i.
         """
         s0, s1 = self.stem(x)
         kept = [s for i, s in enumerate((s0, s1)) if i in keep]
         for i, cell in enumerate(self.cells):
+            if i == cells:
+                break
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i + 2 in keep:
                 kept.append(s1)
@@ -186,13 +199,27 @@ class CellNetwork(NetworkBase):
         return self._forward_states(x, ())[0]
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
-        """timm's feature API: the last feature map at each resolution (see ``feature_info``)."""
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's feature API: the last feature map at each resolution (see ``feature_info``).
+
+        ``stop_early`` runs no cell after the last one asked for; ``norm`` has nothing to apply (the networks
+        end in a cell, with no final norm layer).
+        """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take, _ = feature_take_indices(len(self.feature_info), indices)
-        final, intermediates = self._forward_states(x, [self.feature_states[i] for i in take])
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        cells = max(self.feature_states[max_index] - 1, 0) if stop_early or intermediates_only else None
+        final, intermediates = self._forward_states(x, [self.feature_states[i] for i in take], cells)
         return intermediates if intermediates_only else (final, intermediates)
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the cells after the last feature in ``indices`` (and the head); returns the kept indices."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        del self.cells[max(self.feature_states[max_index] - 1, 0):]
+        self._prune_head(max_index, prune_head)
+        return take
 
     def forward_train(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Logits and auxiliary logits (None without an auxiliary head), for the training loss."""
@@ -239,6 +266,7 @@ class BroadNetwork(NetworkBase):
         C_curr, reduction_prev, stride = C, stem == "imagenet", self.stem.reduction
         self.stem_is_feature = bool(self.stem.feature_info)
         self.feature_info = list(self.stem.feature_info)
+        self.feature_cells: List[int] = [0] * len(self.feature_info)  # cells each feature needs run
         self.cells, self.taps, self.enhancement_inputs = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         tap_widths, enhancement_input_widths = [], []
         for i in range(layers):
@@ -255,6 +283,7 @@ class BroadNetwork(NetworkBase):
                 self.taps.append(_squeeze(C_prev, C_curr, halvings_ahead))
                 tap_widths.append(C_curr)
                 self.feature_info.append(dict(num_chs=C_prev, reduction=stride, module=f"cells.{i}"))
+                self.feature_cells.append(i + 1)
             if reduction:
                 width = C_prev if i == self.pool_layers[-1] else C_curr
                 self.enhancement_inputs.append(_squeeze(C_prev, width, halvings_ahead))
@@ -273,21 +302,30 @@ class BroadNetwork(NetworkBase):
 
         num_features = sum(tap_widths) + (enhancement_layers - 1) * C_curr + C_prev
         self.feature_info.append(dict(num_chs=num_features, reduction=stride, module="enhancement_outputs"))
+        self.feature_cells.append(layers)
         self._init_head(num_features, num_classes, global_pool, drop_rate)
 
-    def _forward_broad(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """The classifier's input and the feature maps listed in ``feature_info``."""
+    def _forward_broad(self, x: torch.Tensor, cells: Optional[int] = None) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The classifier's input and the feature maps listed in ``feature_info``.
+
+        With ``cells`` (or once pruned), only the first convolution cells run and the last one's output is
+        the final map: the broad head needs them all.
+        """
         s0, s1 = self.stem(x)
         features = [s0] if self.stem_is_feature else []
         taps: List[torch.Tensor] = []
         enhancement_inputs: List[torch.Tensor] = []
         for i, cell in enumerate(self.cells):
+            if i == cells:
+                break
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i + 1 in self.pool_layers:
                 taps.append(s1)
                 features.append(s1)
             if i in self.pool_layers:
                 enhancement_inputs.append(s1)
+        if (cells is not None and cells < len(self.cells)) or not len(self.enhancement_cells):
+            return s1, features
         outputs = [squeeze(t) for squeeze, t in zip(self.taps, taps)]
         first_inputs = [squeeze(e) for squeeze, e in zip(self.enhancement_inputs, enhancement_inputs)]
         for j, (cell, squeeze) in enumerate(zip(self.enhancement_cells, self.enhancement_outputs)):
@@ -301,14 +339,30 @@ class BroadNetwork(NetworkBase):
         return self._forward_broad(x)[0]
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
-        """timm's feature API: the last map at each resolution, then the classifier's input."""
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's feature API: the last map at each resolution, then the classifier's input.
+
+        ``stop_early`` runs no cell after the last one asked for; ``norm`` has nothing to apply.
+        """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take, _ = feature_take_indices(len(self.feature_info), indices)
-        final, features = self._forward_broad(x)
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        cells = self.feature_cells[max_index] if stop_early or intermediates_only else None
+        final, features = self._forward_broad(x, cells)
         intermediates = [features[i] for i in take]
         return intermediates if intermediates_only else (final, intermediates)
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop what runs after the last feature in ``indices`` (and the head); returns the kept indices."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        if max_index < len(self.feature_info) - 1:  # the broad head (taps and enhancement cells) goes too
+            del self.cells[self.feature_cells[max_index]:]
+            for chain in (self.taps, self.enhancement_inputs, self.enhancement_cells, self.enhancement_outputs):
+                del chain[:]
+        self._prune_head(max_index, prune_head)
+        return take
 
     def forward_train(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Logits and ``None``: the broad network has no auxiliary head."""
@@ -326,14 +380,14 @@ NETWORK_DEFAULTS = {
 
 def build_network(genotype: Union[Genotype, str], network: str = "cifar", C: Optional[int] = None,
                   layers: Optional[int] = None, num_classes: Optional[int] = None, auxiliary: bool = False,
-                  **kwargs) -> NetworkBase:
+                  enhancement_layers: Optional[int] = None, **kwargs) -> NetworkBase:
     """Build ``genotype`` (a Genotype or a zoo name) as the evaluation ``network`` of its paper.
 
     ``network`` is "cifar" (NetworkCIFAR, C=36, 20 cells), "imagenet" (mobile setting, C=48, 14 cells),
-    "bcnn" (B-DARTS's broad network, C=48, 6 cells + 2 enhancement cells) or "bcnn_imagenet" (C=44).
-    The genotype's ``network_options`` (GDAS's BN after pooling, P-DARTS's auxiliary-head BN) apply
-    unless ``kwargs`` overrides them. Other ``kwargs``: ``in_chans``, ``drop_rate``, ``drop_path_rate``,
-    ``global_pool`` and, for the broad network, ``enhancement_layers``.
+    "bcnn" (B-DARTS's broad network, C=48, 6 cells + ``enhancement_layers`` enhancement cells, 2 by default
+    as in BNASv2's ``train_b.py --en_layers``) or "bcnn_imagenet" (C=44). The genotype's ``network_options``
+    (GDAS's BN after pooling, P-DARTS's auxiliary-head BN) apply unless ``kwargs`` overrides them. Other
+    ``kwargs``: ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``global_pool``.
     """
     if isinstance(genotype, str):
         genotype = get_genotype(genotype)
@@ -343,6 +397,10 @@ def build_network(genotype: Union[Genotype, str], network: str = "cifar", C: Opt
     options = dict(genotype.network_options)
     if cls is BroadNetwork:
         options.pop("auxiliary_last_bn", None)
+    if enhancement_layers is not None:
+        if cls is not BroadNetwork:
+            raise ValueError(f"enhancement_layers applies to the broad networks (bcnn, bcnn_imagenet), not {network}")
+        options["enhancement_layers"] = enhancement_layers
     options.update(kwargs)
     return cls(genotype, num_classes=default_classes if num_classes is None else num_classes,
                C=C or default_C, layers=layers or default_layers, stem=stem, auxiliary=auxiliary, **options)

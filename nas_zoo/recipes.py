@@ -34,6 +34,7 @@ class TrainConfig:
     cutout_length: int = 16  # 0 disables cutout
     init_channels: int = 36
     layers: int = 20
+    en_layers: Optional[int] = None  # the broad network's enhancement cells (BNASv2 train_b.py); None: its 2
     seed: int = 0
     num_workers: int = 2
     deterministic: bool = False
@@ -41,8 +42,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.lr_scheduler not in ("cosine", "step", "linear"):
             raise ValueError(f"lr_scheduler must be cosine, step or linear, got {self.lr_scheduler!r}")
-        for name in ("epochs", "batch_size", "init_channels", "layers"):
-            if getattr(self, name) < 1:
+        for name in ("epochs", "batch_size", "init_channels", "layers", "en_layers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     def lr_at(self, epoch: int) -> float:

@@ -11,6 +11,7 @@ from .rnn import MODEL_FIELDS, RNNModel, paper_setting
 from .zoo import DATASET_TAGS, LM_MODELS, MODELS, NUM_CLASSES
 
 TEST_ERROR_KEYS = ("test_error", "top1_error")
+FAMILIES = ("darts", "gdas", "pdarts", "pc_darts", "ednas", "bnasv2")  # the paper files (genotypes/*.json)
 
 
 def family(genotype: AnyGenotype) -> str:

@@ -40,7 +40,7 @@ class Target:
         auxiliary = config.auxiliary_weight > 0 and not self.network.startswith("bcnn")
         model = build_network(self.genotype, self.network, C=config.init_channels, layers=config.layers,
                               num_classes=num_classes or NUM_CLASSES.get(self.dataset, 1000), auxiliary=auxiliary,
-                              drop_path_rate=config.drop_path_prob)
+                              drop_path_rate=config.drop_path_prob, enhancement_layers=config.en_layers)
         model.pretrained_cfg = dict(data_config(self.network, self.dataset), num_classes=model.num_classes)
         return model
 
@@ -56,8 +56,7 @@ def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, gener
 
 
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device,
-                    on_batch: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
+def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device) -> Dict[str, float]:
     """Top-1 / top-5 error (%) and mean cross-entropy of ``model`` over ``loader``."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
@@ -71,8 +70,6 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device,
         correct1 += (top5[:, 0] == targets).sum().item()
         correct5 += (top5 == targets[:, None]).any(dim=1).sum().item()
         total += len(targets)
-        if on_batch:
-            on_batch(len(targets))
     return dict(top1_error=100 * (1 - correct1 / total), top5_error=100 * (1 - correct5 / total),
                 loss=loss / total, images=int(total))
 

@@ -17,6 +17,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from torch import nn
 
+from .convert import layout_of
+from .download import WeightsError, download_weights
 from .genotype import (Genotype, GenotypeError, RecurrentGenotype, get_genotype, list_genotypes, parse_genotypes,
                        unknown_name)
 from .networks import build_network
@@ -153,11 +155,9 @@ def unpublished_message(name: str, tag: Optional[str]) -> str:
     lines = [f"no published weights for {name}.{tag}; "
              + (f"tags with weights: {', '.join(published)}" if published else "nas-zoo has published none yet")]
     if name in MODELS:
-        from .convert import family_of
-
         spec = MODELS[name]
         lines.append(f"convert the authors' released checkpoint ({spec.genotype.paper.get('code', 'see the paper')}):"
-                     f" nas-zoo convert --from {family_of(spec.genotype)} CHECKPOINT --model {name}.{tag} --out DIR,"
+                     f" nas-zoo convert --from {layout_of(spec.genotype)} CHECKPOINT --model {name}.{tag} --out DIR,"
                      " then timm.create_model('local-dir:DIR', pretrained=True)")
     lines.append("or pass your own: pretrained_cfg_overlay=dict(file='model.safetensors')")
     return "; ".join(lines)
@@ -170,8 +170,6 @@ def _checked_weights(name: str, kwargs: Mapping[str, Any]) -> Dict[str, Any]:
     published repository, or ``hf-hub:ORG/REPO``) are downloaded here and their sha256 checked first; an
     unpublished tag fails before any network access.
     """
-    from .hub import WeightsError, download_weights
-
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
     cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), overlay).to_dict()
     if cfg.get("state_dict") is not None or cfg.get("file") or cfg.get("source") == "local-dir":

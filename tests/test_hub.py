@@ -18,7 +18,8 @@ import nas_zoo
 from nas_zoo import zoo
 from nas_zoo.cli.app import app
 from nas_zoo.genotype import GenotypeError, parse_genotypes
-from nas_zoo.hub import Target, WeightsError, save_pretrained
+from nas_zoo.download import WeightsError, download_weights
+from nas_zoo.hub import WeightsTarget, save_pretrained
 from nas_zoo.zoo import GENOTYPE_MODEL, MODELS, ModelSpec, Weights
 
 SMALL = dict(C=4, layers=5)
@@ -92,7 +93,7 @@ def test_pretrained_on_an_unpublished_tag_fails_clearly_without_the_network(monk
 
 def test_weights_load_from_a_local_folder_and_file(tmp_path):
     model = trained()
-    folder = save_pretrained(tmp_path / "w", Target.of(MODELS["darts_v2"], "cifar10", **SMALL), model.state_dict(),
+    folder = save_pretrained(tmp_path / "w", WeightsTarget.of(MODELS["darts_v2"], "cifar10", **SMALL), model.state_dict(),
                              "local-dir:w")
     assert sorted(os.listdir(folder)) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
@@ -162,7 +163,7 @@ def test_a_pushed_user_genotype_loads_by_repository(loopback_hub, tmp_path):
     (tmp_path / "mine.json").write_text(json.dumps(record))
     (genotype,) = parse_genotypes(record, "mine.json").values()
     torch.manual_seed(0)
-    model = Target.of(ModelSpec(GENOTYPE_MODEL, genotype, "cifar", 8, 4, ()), "cifar100").create(num_classes=100)
+    model = WeightsTarget.of(ModelSpec(GENOTYPE_MODEL, genotype, "cifar", 8, 4, ()), "cifar100").create(num_classes=100)
     save_file(model.state_dict(), str(tmp_path / "mine.safetensors"))
     result = runner.invoke(app, ["push", str(tmp_path / "mine.json"), "--checkpoint", str(tmp_path / "mine.safetensors"),
                                  "--repo-id", "me/mine", "--C", "8", "--layers", "4"])
@@ -189,7 +190,7 @@ def test_downloads_are_cached_and_load_offline(loopback_hub, tmp_path, monkeypat
     assert len(loopback_hub.requests) == requests  # nothing asked of the Hub
     torch.testing.assert_close(logits(offline), logits(first), atol=0, rtol=0)
     with pytest.raises(WeightsError, match="not in the cache and the Hub cannot be reached"):
-        nas_zoo.hub.download_weights("me/never-downloaded")
+        download_weights("me/never-downloaded")
 
 
 @pytest.mark.parametrize("tamper", ["corrupt", "truncated"])

@@ -83,6 +83,38 @@ def test_features_only(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_forward_intermediates_stop_early_norm_and_prune(name):
+    """timm's contract (as resnet.py): ``stop_early`` runs nothing past the last index asked for, ``norm`` is
+    accepted, ``prune_intermediate_layers`` drops what follows it and the head and returns the indices."""
+    spec = nas_zoo.get_model_spec(name)
+    torch.manual_seed(0)
+    model = timm.create_model(name, **SMALL).eval()
+    x = _input(spec)
+    with torch.no_grad():
+        final, everything = model.forward_intermediates(x, norm=True)
+        torch.testing.assert_close(final, model.forward_features(x))
+        assert [f.shape[1] for f in everything] == [info["num_chs"] for info in model.feature_info]
+        ran = []
+        model.cells[-1].register_forward_hook(lambda *args: ran.append(True))
+        first = model.forward_intermediates(x, indices=[0], stop_early=True)[1]
+        torch.testing.assert_close(first[0], everything[0])
+        assert not ran  # the last cell did not run
+        last = model.forward_intermediates(x, indices=1, intermediates_only=True)
+        torch.testing.assert_close(last[0], everything[-1])
+        assert ran
+        params = sum(p.numel() for p in model.parameters())
+        assert model.prune_intermediate_layers([0, -2]) == [0, len(everything) - 2]
+        assert sum(p.numel() for p in model.parameters()) < params
+        kept = model.forward_intermediates(x, indices=[0, len(everything) - 2], intermediates_only=True)
+        for got, expected in zip(kept, (everything[0], everything[-2])):
+            torch.testing.assert_close(got, expected)
+        assert model.num_features == model.feature_info[-2]["num_chs"]
+        torch.testing.assert_close(model(x), everything[-2])  # no pooling, no classifier left
+    features = timm.create_model(name, features_only=True, out_indices=(1,), **SMALL).eval()
+    assert features.feature_info.channels() == [model.feature_info[1]["num_chs"]]
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_forward_train_auxiliary(name):
     spec = nas_zoo.get_model_spec(name)
     model = timm.create_model(name, num_classes=3, auxiliary=True, **SMALL)
@@ -97,14 +129,27 @@ def test_forward_train_auxiliary(name):
         assert model(x).shape == (2, 3)  # forward never returns the auxiliary logits
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", MODELS)
-def test_torch_compile_fullgraph(name):
-    """Every model compiles as one graph (TorchScript is deprecated in PyTorch 2.14 and not supported)."""
+def _compiled_outputs_match(name: str, backend: str) -> None:
     spec = nas_zoo.get_model_spec(name)
     model = timm.create_model(name, C=8, layers=3 if not spec.network.startswith("bcnn") else 2).eval()
     torch._dynamo.reset()  # each model is a new set of guards on the same forward code
-    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
     x = _input(spec)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_torch_compile_captures_one_graph(name):
+    """Every model is captured as one graph (``fullgraph=True``: no graph break) and the captured graph, run
+    by the ``eager`` backend, gives the model's outputs. TorchScript is deprecated and not supported."""
+    _compiled_outputs_match(name, "eager")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["darts_v2", "gdas_f1_imagenet", "b_pc_darts_image"])
+def test_torch_compile_inductor(name):
+    """One model per kind of network (CIFAR, ImageNet with GDAS's fixed reduction cell, broad) compiled by the
+    default backend, inductor (generated C++ on CPU; about a minute each), gives the model's outputs."""
+    _compiled_outputs_match(name, "inductor")

@@ -24,6 +24,16 @@ def test_broad_network_needs_a_reduce_cell():
         nas_zoo.build_network("GDAS_F1", "bcnn")
 
 
+def test_enhancement_layers_are_an_option_of_the_broad_network_only():
+    model = nas_zoo.build_network("BNASv2_CLR_v1", "bcnn", C=4, layers=4, enhancement_layers=3)
+    assert len(model.enhancement_cells) == len(model.enhancement_outputs) == 3
+    assert len(nas_zoo.build_network("BNASv2_CLR_v1", "bcnn", C=4, layers=4).enhancement_cells) == 2  # BNASv2's default
+    timm_model = nas_zoo.create_model("b_darts_v1", C=4, layers=4, enhancement_layers=1)
+    assert len(timm_model.enhancement_cells) == 1
+    with pytest.raises(ValueError, match="enhancement_layers applies to the broad networks .*, not cifar"):
+        nas_zoo.build_network("DARTS_V2", "cifar", C=4, layers=5, enhancement_layers=3)
+
+
 def test_unknown_network_is_named():
     with pytest.raises(ValueError, match="unknown network 'mobile'; expected one of cifar, imagenet"):
         nas_zoo.build_network("DARTS_V2", "mobile")

@@ -34,20 +34,23 @@ def test_recurrent_genotypes_are_in_the_registry_with_provenance():
         assert isinstance(genotype, RecurrentGenotype) and len(genotype.recurrent) == 8
         assert genotype.concat == tuple(range(1, 9))
         assert genotype.provenance["commit"] and genotype.provenance["variable"] and genotype.paper["arxiv"]
-        assert all(e["dataset"] in ("ptb", "wt2") and e["reported"]["test_ppl"] for e in genotype.evaluations)
+        assert all(e["dataset"] in ("ptb", "wt2") for e in genotype.evaluations)
+        assert all(e["reported"]["test_ppl"] for e in genotype.evaluations if "reported" in e)
     assert nas_zoo.get_genotype("EDNAS_PTB").provenance["variable"] == "EDNAS"
 
 
-def test_recurrent_cells_match_the_shared_reference(shared_reference):
-    reference = json.loads((shared_reference / "genotypes.json").read_text())["genotypes"]
+def test_recurrent_cells_match_the_published_ones():
+    reference = json.loads((HERE / "data" / "reference.json").read_text())  # copied from ../shared/reference
     names = {"DARTS_V1": "DARTS_V1_RNN", "DARTS_V2": "DARTS_V2_RNN", "GDAS": "GDAS_RNN", "EDNAS_PTB": "EDNAS_PTB"}
-    records = json.loads((shared_reference / "reported.json").read_text())["records"]
-    for entry in (e for e in reference if e["kind"] == "rnn"):
+    records = reference["records"]
+    rnn = [e for e in reference["genotypes"] if e["kind"] == "rnn"]
+    assert sorted(names[e["name"]] for e in rnn) == sorted(RNN_GENOTYPES)
+    for entry in rnn:
         genotype = nas_zoo.get_genotype(names[entry["name"]])
         assert [list(e) for e in genotype.recurrent] == entry["recurrent"]
         assert list(genotype.concat) == entry["concat"]
         assert (genotype.provenance["commit"], genotype.provenance["path"]) == (entry["commit"], entry["path"])
-        for evaluation in genotype.evaluations:
+        for evaluation in (e for e in genotype.evaluations if "reported" in e):
             assert any(r["source"] == evaluation["reported"]["source"] and r.get("test_ppl") == evaluation["reported"]["test_ppl"]
                        for r in records)
 
@@ -106,7 +109,30 @@ def test_every_zoo_language_model_is_in_the_table_and_the_paper_sizes_hold():
         with torch.device("meta"):
             params = sum(p.numel() for p in spec.build().parameters())
         assert params == {"ptb": 22_960_000, "wt2": 33_127_878}[spec.dataset]  # networks.md section 8
-        assert round(params / 1e6) == spec.evaluations[0]["reported"]["params_M"]
+        if "reported" in spec.evaluations[0]:
+            assert round(params / 1e6) == spec.evaluations[0]["reported"]["params_M"]
+
+
+@pytest.mark.parametrize("dataset", ["ptb", "wt2"])
+@pytest.mark.parametrize("name", RNN_GENOTYPES)
+def test_every_recurrent_genotype_builds_for_both_corpora(name, dataset):
+    """A zoo model where a paper trained the cell on the corpus, else the corpus's settings (as DARTS did for WT2)."""
+    model_name, genotype, setting = lm.resolve(name, dataset)
+    assert genotype is nas_zoo.get_genotype(name)
+    assert (setting["ntoken"], setting["nhid"]) == {"ptb": (10000, 850), "wt2": (33278, 700)}[dataset]
+    with torch.device("meta"):
+        params = sum(p.numel() for p in lm.build_model(genotype, setting["ntoken"], lm.LMConfig.create(setting, {}))
+                     .parameters())
+    assert params == {"ptb": 22_960_000, "wt2": 33_127_878}[dataset]
+
+
+def test_darts_v1_on_wt2_is_the_gdas_release_setting():
+    """AutoDL-Projects scripts-rnn/train-WT2.sh DARTS_V1 with configs/NAS-WT2-BASE.config (@13e908f)."""
+    spec = LM_MODELS["darts_v1_wt2"]
+    assert spec.genotype is nas_zoo.get_genotype("DARTS_V1_RNN")
+    assert {k: spec.setting[k] for k in ("ntoken", "nhid", "dropouth", "wdecay", "epochs")} == dict(
+        ntoken=33278, nhid=700, dropouth=0.15, wdecay=5e-7, epochs=3000)
+    assert lm.resolve("DARTS_V1_RNN", "wt2")[0] == "darts_v1_wt2"
 
 
 @pytest.mark.parametrize("entry", json.loads((FIXTURES / "index.json").read_text())["entries"],
@@ -217,7 +243,7 @@ SMALL = dict(nhid=16, batch_size=4, eval_batch_size=4, test_batch_size=2, bptt=8
 
 def _train(corpus, out, epochs, resume=False, **overrides):
     name, genotype, setting = lm.resolve("DARTS_V2_RNN", "ptb")
-    return lm.train(name, genotype, corpus, out, setting, {**SMALL, "epochs": epochs, **overrides}, resume,
+    return lm.train_lm(name, genotype, corpus, out, setting, {**SMALL, "epochs": epochs, **overrides}, resume,
                     log=lambda line: None, progress=False)
 
 
@@ -263,7 +289,7 @@ def test_training_learns_the_toy_corpus(tmp_path):
 ])
 def test_bad_settings_are_refused(overrides, message):
     with pytest.raises(lm.LMError, match=message):
-        lm.TrainConfig.create({"nhid": 16}, overrides)
+        lm.LMConfig.create({"nhid": 16}, overrides)
 
 
 @pytest.mark.parametrize("name, dataset, message", [
@@ -279,8 +305,8 @@ def test_resolve_refuses_what_is_not_a_language_model(name, dataset, message):
 
 def test_resolve_finds_models_cells_and_files(tmp_path):
     assert lm.resolve("DARTS_V2_RNN", "wt2")[0] == "darts_v2_wt2"
-    name, genotype, setting = lm.resolve("DARTS_V1_RNN", "wt2")  # no paper model: the corpus's settings
-    assert (name, setting["nhid"], setting["dropouth"], setting["wdecay"]) == ("darts_v1_rnn_wt2", 700, 0.15, 5e-7)
+    name, genotype, setting = lm.resolve("EDNAS_PTB", "wt2")  # no paper model: the corpus's settings
+    assert (name, setting["nhid"], setting["dropouth"], setting["wdecay"]) == ("ednas_ptb_wt2", 700, 0.15, 5e-7)
     assert lm.resolve("ednas_ptb", "ptb")[2]["epochs"] == 1600
     path = tmp_path / "cell.json"
     path.write_text(json.dumps(GOOD))
@@ -305,7 +331,7 @@ def test_cli_train_resume_evaluate_end_to_end(tmp_path):
     result = runner.invoke(app, ["evaluate", "gdas_ptb", "--dataset", "ptb", "--data-dir", str(data), "--checkpoint", str(out)])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout)
-    assert figures["params"] == 61 * 16 + 61 + 32 * 32 + 8 * 16 * 32 and figures["test_tokens_per_s"] > 0
+    assert figures["params"] == 61 * 16 + 61 + 32 * 32 + 8 * 16 * 32 and "test_tokens_per_s" in figures
     assert math.isclose(figures["valid_ppl"], math.exp(figures["valid_loss"]))
     assert figures["valid_ppl"] < 60  # better than a uniform guess after two short epochs
 
@@ -328,8 +354,8 @@ def test_cli_bad_input_is_one_line_and_non_zero(tmp_path, args, message):
 
 def test_cli_list_and_info_show_recurrent_cells():
     rows = json.loads(runner.invoke(app, ["list", "--task", "rnn", "--json"]).output)
-    assert [r["model"] for r in rows] == ["darts_v1_ptb.ptb", "darts_v2_ptb.ptb", "darts_v2_wt2.wt2", "ednas_ptb.ptb",
-                                          "gdas_ptb.ptb", "gdas_wt2.wt2"]
+    assert [r["model"] for r in rows] == ["darts_v1_ptb.ptb", "darts_v1_wt2.wt2", "darts_v2_ptb.ptb", "darts_v2_wt2.wt2",
+                                          "ednas_ptb.ptb", "gdas_ptb.ptb", "gdas_wt2.wt2"]
     gdas = rows[-1]
     assert (gdas["params"], gdas["reported_params_M"], gdas["reported_test_ppl"]) == (33_127_878, 33, 69.4)
     info = json.loads(runner.invoke(app, ["info", "darts_v2_ptb", "--json"]).output)
