@@ -98,8 +98,8 @@ def paper_recipe(genotype: Genotype, family: str, dataset: str, network: str) ->
     base = dict(IMAGENET if imagenet else CIFAR)
     base.update(RECIPES.get(family, RECIPES["darts"])["imagenet" if imagenet else "cifar"])
     setting = genotype.evaluation(dataset, network) or {}
-    for key, field_name in (("C", "init_channels"), ("layers", "layers"), ("drop_path", "drop_path_prob"),
-                            ("auxiliary_weight", "auxiliary_weight")):
+    for key, field_name in (("C", "init_channels"), ("layers", "layers"), ("enhancement_layers", "en_layers"),
+                            ("drop_path", "drop_path_prob"), ("auxiliary_weight", "auxiliary_weight")):
         if key in setting:
             base[field_name] = setting[key]
     return TrainConfig(**base)

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from nas_zoo import build_network
 from nas_zoo.cli.app import app
 from nas_zoo.genotype import load_genotype
+from nas_zoo.recipes import paper_recipe
 from nas_zoo.search import BDarts, Search, SearchConfig, with_defaults
 from nas_zoo.search.broad import BroadSearchNetwork
 from nas_zoo.search.darts import unrolled_gradient
@@ -91,7 +92,10 @@ def test_broad_searches_write_a_bcnn_genotype(tiny_cifar, tmp_path, algorithm, e
         assert [e["confidence"] for e in record["epochs"]] == ([0.25, 1.0] if "--no-clr" not in extra else [1.0])
     assert ("betas.normal" in record["architecture"]) == (algorithm == "b-pc-darts")
     genotype = load_genotype(out / "genotype.json")
-    assert genotype.evaluation("cifar10")["network"] == "bcnn"
+    setting = genotype.evaluation("cifar10")
+    assert (setting["network"], setting["C"], setting["layers"], setting["enhancement_layers"]) == ("bcnn", 48, 6, 2)
+    recipe = paper_recipe(genotype, "bnasv2", "cifar10", "bcnn")  # what `nas-zoo train OUT/genotype.json` runs
+    assert (recipe.init_channels, recipe.layers, recipe.en_layers) == (48, 6, 2)
     # normal builds the convolution cells, reduce the enhancement cells: the derived cells build as a BCNN
     net = build_network(genotype, network="bcnn", C=8, layers=6)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
