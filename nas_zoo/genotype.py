@@ -24,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+from .checkpoint import temporary_sibling
 from .ops import OPS
 
 Edge = Tuple[str, int]
@@ -388,7 +389,7 @@ def save_genotype(genotype: AnyGenotype, path: Union[str, os.PathLike], search: 
 def write_text_atomic(path: Union[str, os.PathLike], text: str) -> None:
     """Write ``text`` to a temp file beside ``path`` and rename it over ``path``: never a half-written file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_sibling(path)
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
