@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nas_zoo.checkpoint import CheckpointError, OutputInUseError
+from nas_zoo.checkpoint import CheckpointError, OutputError
 from nas_zoo.data import DataSpec, DatasetError, build_dataset
 from nas_zoo.evaluate import device_name, measure_speed, model_figures, reported_figures
 from nas_zoo.genotype import Genotype, write_text_atomic
@@ -92,7 +92,7 @@ def train_command(
         log = Console(stderr=True)
         train(target, recipe, DataSpec(dataset, data_dir, download), out, resume, device=device,
               log=lambda message: log.print(message, highlight=False, markup=False, soft_wrap=True))
-    except (DatasetError, CheckpointError, OutputInUseError, ValueError, PermissionError, FloatingPointError) as e:
+    except (DatasetError, CheckpointError, OutputError, ValueError, PermissionError, FloatingPointError) as e:
         raise fail(str(e)) from None
     except OSError as e:
         raise fail(f"{e.filename or out}: {e.strerror}") from None

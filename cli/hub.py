@@ -8,10 +8,10 @@ import typer
 from rich.console import Console
 from safetensors.torch import load_file
 
-from nas_zoo.checkpoint import CheckpointError
+from nas_zoo.checkpoint import CheckpointError, OutputError
 from nas_zoo.convert import FAMILIES, CheckpointFormatError, convert_state_dict, read_checkpoint
 from nas_zoo.genotype import DATASETS, GenotypeError, load_genotype
-from nas_zoo.hub import WEIGHTS_NAME, Target, push_folder, save_pretrained, sha256_of
+from nas_zoo.hub import WEIGHTS_NAME, Target, evaluation_problem, push_folder, save_pretrained, sha256_of
 from nas_zoo.zoo import DATASET_TAGS, GENOTYPE_MODEL, ModelSpec, find_model
 
 from .output import fail
@@ -53,6 +53,8 @@ def _classes(state_dict) -> int:
 def _save(out: Path, target: Target, state_dict, load_as: str, evaluation, source: str) -> Path:
     try:
         return save_pretrained(out, target, state_dict, load_as, evaluation, source)
+    except OutputError as e:
+        raise fail(str(e)) from None
     except ValueError as e:  # the network cannot be built at that size
         raise fail(f"cannot build {target.spec.name} at C={target.spec.C}, layers={target.spec.layers}: {e}") from None
     except CheckpointError as e:
@@ -126,8 +128,11 @@ def push_command(
     if evaluation is not None:
         try:
             metrics = json.loads(evaluation.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: not JSON, or not UTF-8
             raise fail(f"{evaluation}: not a readable evaluation JSON ({e})") from None
+        problem = evaluation_problem(metrics)
+        if problem:
+            raise fail(f"{evaluation}: {problem}")
         dataset = dataset or metrics.get("dataset")
     target = _target(name, _classes(state_dict), dataset, network, C, layers)
     if metrics is not None and metrics.get("dataset", target.dataset) != target.dataset:

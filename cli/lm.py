@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional
 
 from rich.console import Console
 
-from nas_zoo.checkpoint import CheckpointError
+from nas_zoo.checkpoint import CheckpointError, OutputError
 from nas_zoo.corpus import CorpusError, load_corpus
 from nas_zoo.genotype import GenotypeError
 from nas_zoo.lm import LMError, TrainConfig, build_model, evaluate_checkpoint, evaluate_model, resolve, train
@@ -19,7 +19,7 @@ def _user_errors():
     """Bad input of any kind -> one line on stderr and exit status 2."""
     try:
         yield
-    except (CorpusError, GenotypeError, CheckpointError, LMError, KeyError) as e:
+    except (CorpusError, GenotypeError, CheckpointError, OutputError, LMError, KeyError, FloatingPointError) as e:
         from .output import fail
 
         raise fail(str(e).strip('"')) from None

@@ -24,8 +24,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message says which keys."""
 
 
-class OutputInUseError(RuntimeError):
-    """Another process writes into the same output folder; the message names it."""
+class OutputError(RuntimeError):
+    """An output folder this run may not write: another process holds it, or it holds what this command did not
+    write; the message says which."""
 
 
 @contextmanager
@@ -47,7 +48,7 @@ def locked_output(out) -> Iterator[Path]:
         except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise OutputInUseError(f"{out} is being written by {holder}; wait for it to end or choose another "
+            raise OutputError(f"{out} is being written by {holder}; wait for it to end or choose another "
                                    "output folder") from None
         try:
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:

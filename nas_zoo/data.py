@@ -34,6 +34,15 @@ class DatasetError(ValueError):
 class _ArrayType:
     """What ``numpy.ndarray`` unpickles to: an argument of ``_reconstruct`` only, not a call that allocates."""
 
+    def __init__(self, *args):
+        raise pickle.UnpicklingError("it calls numpy.ndarray, which allocates any shape it is given; no CIFAR "
+                                     "batch does")
+
+
+def _empty_bytes() -> bytes:
+    """``bytes()``, as protocol 2 pickles an empty array's data; ``bytes(n)`` would allocate n bytes."""
+    return b""
+
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Rebuilds numpy arrays and builtin containers only, none larger than the file itself.
@@ -44,7 +53,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"), ("__builtin__", "bytes")}
 
     def __init__(self, data: bytes):
         super().__init__(io.BytesIO(data), encoding="latin1")
@@ -55,6 +64,8 @@ class _ArrayUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
         if name == "ndarray":
             return _ArrayType
+        if name == "bytes":
+            return _empty_bytes
         found = super().find_class(module, name)
         if name == "_reconstruct":
             return functools.partial(self._reconstruct, found)
