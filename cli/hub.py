@@ -101,7 +101,7 @@ def convert_command(
                    "code's layout by `nas-zoo convert`")
     Console().print(f"wrote {folder} ({target.spec.name}, {target.dataset}, C={target.spec.C}, "
                     f"layers={target.spec.layers}); load it with timm.create_model('local-dir:{folder}', "
-                    "pretrained=True) after import nas_zoo", highlight=False, soft_wrap=True)
+                    "pretrained=True) after import nas_zoo", highlight=False, markup=False, soft_wrap=True)
 
 
 def push_command(
@@ -149,4 +149,4 @@ def push_command(
     weights = json.dumps({"hf_hub_id": repo_id, "sha256": digest, "published": True})
     Console().print(f"pushed {target.spec.name} ({target.dataset}) to {url}\nsha256 of {WEIGHTS_NAME}: {digest}\n"
                     f"to publish it as {target.spec.name}.{target.tag}, add to its evaluation in the genotype file: "
-                    f"\"weights\": {weights}", highlight=False, soft_wrap=True)
+                    f"\"weights\": {weights}", highlight=False, markup=False, soft_wrap=True)

@@ -31,7 +31,8 @@ def train_language_model(model: str, dataset: str, data_dir: Path, out: Path, re
     with _user_errors():
         name, genotype, setting = resolve(model, dataset)
         corpus = load_corpus(dataset, data_dir)
-        result = train(name, genotype, corpus, out, setting, overrides, resume, log=console.print)
+        result = train(name, genotype, corpus, out, setting, overrides, resume,
+                       log=lambda message: console.print(message, markup=False, highlight=False, soft_wrap=True))
     console.print(f"{name} on {dataset}: best valid ppl {result['valid_ppl']:.2f}, test ppl {result['test_ppl']:.2f} "
                   f"({out / 'best'})")
 

@@ -70,7 +70,7 @@ class TrainConfig:
             kind = fields[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
                     (kind is int and value != int(value)):
-                raise LMError(f"setting {key!r} must be {'an integer' if kind is int else 'a finite number'}, got {value!r}")
+                raise LMError(f"setting {key!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
             values[key] = kind(value)
         config = cls(**values)
         config.emsize = config.emsize or config.nhid

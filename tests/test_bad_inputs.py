@@ -129,6 +129,8 @@ CASES = [
      "layers': expected a positive integer up to 64"),
     ("genotype-message-keeps-brackets", lambda r, t: _genotype(r, normal=[["sep_conv_3x3"]] * 8),
      ["info", "{root}/g.json"], 2, 'expected [operation, input], got ["sep_conv_3x3"]'),
+    ("genotype-note-with-brackets", lambda r, t: _genotype(r, note="[bold]see table 3[/]"), ["info", "{root}/g.json"],
+     0, "note: [bold]see table 3[/]"),
     ("unknown-model", None, ["info", "dartz_v2"], 2, "closest: darts_v2"),
     # training
     ("train-over-a-run", _copy_run, [*TRAIN, "--epochs", "1"], 2, "already holds a run"),
@@ -198,7 +200,7 @@ CASES = [
     ("push-eval-a-list", lambda r, t: _write(r / "eval.json", [1, 2]), PUSH, 2, "expected a JSON object"),
     ("push-eval-wrong-type", lambda r, t: _write(r / "eval.json", {"params": "many"}), PUSH, 2, "field 'params'"),
     # language models
-    ("lm-lr-nan", lambda r, t: _corpus(r), [*LM, "--set", "lr=NaN"], 2, "setting 'lr' must be a finite number"),
+    ("lm-lr-nan", lambda r, t: _corpus(r), [*LM, "--set", "lr=NaN"], 2, "setting 'lr' must be a number, got nan"),
     ("lm-epochs-string", lambda r, t: _corpus(r), [*LM, "--set", 'epochs="3"'], 2, "setting 'epochs' must be an integer"),
     ("lm-out-locked", lambda r, t: _corpus(r), LM, 2, "is being written by pid"),
 ]
