@@ -49,7 +49,7 @@ def locked_output(out) -> Iterator[Path]:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise OutputError(f"{out} is being written by {holder}; wait for it to end or choose another "
-                                   "output folder") from None
+                              "output folder") from None
         try:
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:
                 break

@@ -61,7 +61,7 @@ def device_for_run(name: Optional[str] = None) -> torch.device:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device {name!r} is not cpu, cuda or cuda:N")
-    if device.type == "cuda" and (device.index or 0) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"--device {name}: no such CUDA GPU is visible here; use --device cpu")
     return device
 
