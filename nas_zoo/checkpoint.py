@@ -37,7 +37,7 @@ def locked_output(out) -> Iterator[Path]:
     killed run never leaves it stuck, and a folder that is swapped whole (``atomic_directory``) can be locked.
     Folders made here that the block leaves empty (it failed early) are removed again.
     """
-    out = Path(out).absolute()
+    out = Path(os.path.abspath(out))  # "run/.." is the folder above, not a name ".." to lock beside
     made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.with_name(f".{out.name}.lock")
@@ -130,7 +130,7 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 @contextmanager
 def atomic_directory(directory) -> Iterator[Path]:
     """A temporary sibling of ``directory`` to fill; it replaces ``directory`` when the block completes."""
-    target = Path(directory)
+    target = Path(os.path.abspath(directory))  # its siblings, not those of "..": see locked_output
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(target)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -188,6 +188,9 @@ CASES = [
     # convert and push
     ("convert-over-a-users-folder", lambda r, t: (_authors_file(r), _write(r / "proj" / "important.txt", "x")),
      [*CONVERT, "--out", "{root}/proj"], 2, "is not a weights folder written by nas-zoo"),
+    ("convert-over-the-folder-above", lambda r, t: (_authors_file(r), _write(r / "proj" / "important.txt", "x"),
+                                                     (r / "proj" / "work").mkdir()),
+     [*CONVERT, "--out", "{root}/proj/work/.."], 2, "is not a weights folder written by nas-zoo"),
     ("convert-over-a-file", lambda r, t: (_authors_file(r), _write(r / "weights", "x")),
      [*CONVERT, "--out", "{root}/weights"], 2, "is not a weights folder written by nas-zoo"),
     ("convert-malicious", lambda r, t: torch.save({"x": Exploit()}, r / "authors.pt"),
