@@ -5,9 +5,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from nas_zoo.genotype import DATASETS, Genotype, GenotypeError, RecurrentGenotype, get_genotype, load_genotype
+from nas_zoo.genotype import DATASETS, Genotype, GenotypeError, RecurrentGenotype, load_genotype
 from nas_zoo.summary import FAMILIES, genotype_info, language_model_rows, zoo_rows
 from nas_zoo.zoo import find_model
 
@@ -109,23 +110,24 @@ def info_command(
         return
     record = info["genotype"]
     paper = record.get("paper", {})
-    console.print(f"[bold]{genotype.name}[/]  family {info['family']}  ({genotype.source})", highlight=False)
+    console.print(f"[bold]{escape(genotype.name)}[/]  family {info['family']}  ({escape(genotype.source)})",
+                  highlight=False)
     if paper:
         console.print(f"paper: {paper.get('title')} ({paper.get('venue')}, arXiv:{paper.get('arxiv')})  "
-                      f"code: {paper.get('code')}", highlight=False)
+                      f"code: {paper.get('code')}", highlight=False, markup=False)
     provenance = record.get("provenance")
     if provenance:
-        console.print("provenance: " + ", ".join(f"{k} {v}" for k, v in provenance.items()), highlight=False)
+        console.print("provenance: " + ", ".join(f"{k} {v}" for k, v in provenance.items()), highlight=False, markup=False)
     if genotype.note:
-        console.print(f"note: {genotype.note}", highlight=False)
+        console.print(f"note: {genotype.note}", highlight=False, markup=False)
     if isinstance(genotype, RecurrentGenotype):
         steps = "  ".join(f"s{i + 1}={act}(s{pred})" for i, (act, pred) in enumerate(genotype.recurrent))
         console.print(f"recurrent: s0=highway(x_t, h_t-1)  {steps}  h_t=mean of {list(genotype.concat)}",
-                      highlight=False)
+                      highlight=False, markup=False)
         console.print(_language_model_table(info["networks"]))
         return
-    console.print(f"normal: {_cell_text(genotype.normal, genotype.normal_concat)}", highlight=False)
-    console.print(f"reduce: {_cell_text(genotype.reduce, genotype.reduce_concat)}", highlight=False)
+    console.print(f"normal: {_cell_text(genotype.normal, genotype.normal_concat)}", highlight=False, markup=False)
+    console.print(f"reduce: {_cell_text(genotype.reduce, genotype.reduce_concat)}", highlight=False, markup=False)
     table = Table()
     for column in ("model", "dataset", "network (C/cells)", "params M", "reported M", "MACs M (conv+linear)",
                    "M (+2xBN,ReLU)", "reported M", "reported error %", "search GPU-days"):

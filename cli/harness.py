@@ -4,18 +4,17 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from nas_zoo.checkpoint import CheckpointError, find_checkpoint, load_state, load_weights
+from nas_zoo.checkpoint import CheckpointError, OutputError
 from nas_zoo.data import IMAGE_SOURCES, DataSpec, DatasetError, build_dataset
 from nas_zoo.evaluate import device_name, measure_speed, model_figures, reported_figures
-from nas_zoo.genotype import TEXT_DATASETS, Genotype, write_text_atomic
+from nas_zoo.genotype import TEXT_DATASETS, write_text_atomic
 from nas_zoo.recipes import TrainConfig, paper_recipe, read_config_file
 from nas_zoo.summary import family
-from nas_zoo.train import Target, device_for_run, evaluate_loader, make_loader, train
+from nas_zoo.train import Target, device_for_run, evaluate_loader, load_trained, make_loader, saved_config, train
 from nas_zoo.zoo import DATASET_TAGS, find_model
 
 from . import lm
@@ -68,8 +67,11 @@ def train_command(
     num_workers: Optional[int] = typer.Option(None),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic"),
     settings: List[str] = typer.Option([], "--set", help="FIELD=VALUE: language-model fields (rnn/train.py names)"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"),
 ) -> None:
-    """Train with the paper's evaluation recipe; every field can be overridden (flags, then --config)."""
+    """Train with the paper's evaluation recipe; every field can be overridden (flags, then --config).
+
+    --resume continues with the run's saved settings; it may raise --epochs and change --num-workers."""
     if dataset in TEXT_DATASETS:
         overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, seed=seed).items() if v is not None}
         lm.train_language_model(name, dataset, data_dir, out or Path("runs") / f"{name}-{dataset}", resume,
@@ -81,11 +83,14 @@ def train_command(
                      auxiliary_weight=auxiliary_weight, drop_path_prob=drop_path_prob, cutout_length=cutout_length,
                      init_channels=init_channels, layers=layers, en_layers=en_layers, seed=seed, num_workers=num_workers,
                      deterministic=deterministic)
+    out = out or _default_out(target)
     try:
-        recipe = recipe_for(target).override(read_config_file(config)).override(overrides)
-        train(target, recipe, DataSpec(dataset, data_dir, download), out or _default_out(target), resume,
-              log=lambda message: Console(stderr=True).print(message, highlight=False))
-    except (DatasetError, CheckpointError, ValueError, PermissionError, FloatingPointError) as e:
+        base = (saved_config(out) if resume else None) or recipe_for(target)
+        recipe = base.override(read_config_file(config)).override(overrides)
+        log = Console(stderr=True)
+        train(target, recipe, DataSpec(dataset, data_dir, download), out, resume, device=device,
+              log=lambda message: log.print(message, highlight=False, markup=False, soft_wrap=True))
+    except (DatasetError, CheckpointError, OutputError, ValueError, PermissionError, FloatingPointError) as e:
         raise fail(str(e)) from None
     except OSError as e:
         raise fail(f"{e.filename or out}: {e.strerror}") from None
@@ -93,16 +98,8 @@ def train_command(
 
 def _load_model(target: Target, checkpoint: Optional[Path], pretrained: bool, num_classes: Optional[int]):
     """The network to evaluate: from a checkpoint (its run's width and depth), the Hub, or as built."""
-    recipe = recipe_for(target)
     if checkpoint is not None:
-        found = find_checkpoint(checkpoint) if checkpoint.is_dir() else None
-        if found is not None:
-            state = load_state(found)
-            recipe = TrainConfig(**state["config"])
-            num_classes = state.get("num_classes", num_classes)
-        model = target.build(recipe, num_classes)
-        load_weights(found or checkpoint, model)
-        return model
+        return load_trained(target, checkpoint, recipe_for(target), num_classes)
     if pretrained:
         if target.model_name is None:
             raise ValueError(f"{target.genotype.name} has no zoo model for {target.dataset}; pass --checkpoint")
@@ -110,7 +107,7 @@ def _load_model(target: Target, checkpoint: Optional[Path], pretrained: bool, nu
 
         tag = DATASET_TAGS["imagenet" if target.dataset == "folder" else target.dataset]
         return timm.create_model(f"{target.model_name}.{tag}", pretrained=True)
-    return target.build(recipe, num_classes)
+    return target.build(recipe_for(target), num_classes)
 
 
 def evaluate_command(
@@ -124,6 +121,7 @@ def evaluate_command(
     fast: bool = typer.Option(False, help="folded batch norm + channels-last for the speed figures"),
     batch_size: int = typer.Option(128), num_workers: int = typer.Option(2),
     json_path: Optional[str] = typer.Option(None, "--json", help="write the result as JSON to PATH, or - for stdout"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"),
 ) -> None:
     """Top-1/top-5 error, loss, params, FLOPs, latency and throughput (perplexity and tokens/s for ptb/wt2)."""
     if dataset in TEXT_DATASETS:
@@ -132,8 +130,8 @@ def evaluate_command(
         _write_result(lm.evaluate_language_model(name, dataset, data_dir, checkpoint), json_path or "-")
         return
     target = resolve_target(name, dataset)
-    device = device_for_run()
     try:
+        device = device_for_run(device)
         model = _load_model(target, checkpoint, pretrained, None)
         input_size = tuple(model.pretrained_cfg["input_size"])
         result = dict(model=target.model_name, genotype=target.genotype.name, network=target.network,

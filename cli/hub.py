@@ -8,11 +8,11 @@ import typer
 from rich.console import Console
 from safetensors.torch import load_file
 
-from nas_zoo.checkpoint import CheckpointError
+from nas_zoo.checkpoint import CheckpointError, OutputError
 from nas_zoo.convert import LAYOUTS, CheckpointFormatError, convert_state_dict, read_checkpoint
-from nas_zoo.genotype import DATASETS, GenotypeError, load_genotype
 from nas_zoo.download import WEIGHTS_NAME, sha256_of
-from nas_zoo.hub import WeightsTarget, push_folder, save_pretrained
+from nas_zoo.genotype import DATASETS, GenotypeError, load_genotype
+from nas_zoo.hub import WeightsTarget, evaluation_problem, push_folder, save_pretrained
 from nas_zoo.lm import convert_language_model
 from nas_zoo.zoo import DATASET_TAGS, GENOTYPE_MODEL, ModelSpec, find_model
 
@@ -58,6 +58,8 @@ def _classes(state_dict) -> int:
 def _save(out: Path, target: WeightsTarget, state_dict, load_as: str, evaluation, source: str) -> Path:
     try:
         return save_pretrained(out, target, state_dict, load_as, evaluation, source)
+    except OutputError as e:
+        raise fail(str(e)) from None
     except ValueError as e:  # the network cannot be built at that size
         raise fail(f"cannot build {target.spec.name} at C={target.spec.C}, layers={target.spec.layers}: {e}") from None
     except CheckpointError as e:
@@ -109,7 +111,7 @@ def convert_command(
                    "code's layout by `nas-zoo convert`")
     Console().print(f"wrote {folder} ({target.spec.name}, {target.dataset}, C={target.spec.C}, "
                     f"layers={target.spec.layers}); load it with timm.create_model('local-dir:{folder}', "
-                    "pretrained=True) after import nas_zoo", highlight=False, soft_wrap=True)
+                    "pretrained=True) after import nas_zoo", highlight=False, markup=False, soft_wrap=True)
 
 
 def _convert_language_model(state_dict, path: Path, model: str, out: Path, dataset: Optional[str], cnn_flags) -> None:
@@ -147,8 +149,11 @@ def push_command(
     if evaluation is not None:
         try:
             metrics = json.loads(evaluation.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: not JSON, or not UTF-8
             raise fail(f"{evaluation}: not a readable evaluation JSON ({e})") from None
+        problem = evaluation_problem(metrics)
+        if problem:
+            raise fail(f"{evaluation}: {problem}")
         dataset = dataset or metrics.get("dataset")
     target = _target(name, _classes(state_dict), dataset, network, C, layers, en_layers)
     if metrics is not None and metrics.get("dataset", target.dataset) != target.dataset:
@@ -165,4 +170,4 @@ def push_command(
     weights = json.dumps({"hf_hub_id": repo_id, "sha256": digest, "published": True})
     Console().print(f"pushed {target.spec.name} ({target.dataset}) to {url}\nsha256 of {WEIGHTS_NAME}: {digest}\n"
                     f"to publish it as {target.spec.name}.{target.tag}, add to its evaluation in the genotype file: "
-                    f"\"weights\": {weights}", highlight=False, soft_wrap=True)
+                    f"\"weights\": {weights}", highlight=False, markup=False, soft_wrap=True)

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional
 
 from rich.console import Console
 
-from nas_zoo.checkpoint import CheckpointError
+from nas_zoo.checkpoint import CheckpointError, OutputError
 from nas_zoo.corpus import CorpusError, load_corpus
 from nas_zoo.genotype import GenotypeError
 from nas_zoo.lm import LMError, LMConfig, build_model, evaluate_checkpoint, evaluate_model, resolve, train_lm
@@ -19,7 +19,7 @@ def lm_errors():
     """Bad input of any kind -> one line on stderr and exit status 2."""
     try:
         yield
-    except (CorpusError, GenotypeError, CheckpointError, LMError, KeyError) as e:
+    except (CorpusError, GenotypeError, CheckpointError, OutputError, LMError, KeyError, FloatingPointError) as e:
         from .output import fail
 
         raise fail(str(e).strip('"')) from None
@@ -31,7 +31,8 @@ def train_language_model(model: str, dataset: str, data_dir: Path, out: Path, re
     with lm_errors():
         name, genotype, setting = resolve(model, dataset)
         corpus = load_corpus(dataset, data_dir)
-        result = train_lm(name, genotype, corpus, out, setting, overrides, resume, log=console.print)
+        result = train_lm(name, genotype, corpus, out, setting, overrides, resume,
+                          log=lambda message: console.print(message, markup=False, highlight=False, soft_wrap=True))
     console.print(f"{name} on {dataset}: best valid ppl {result['valid_ppl']:.2f}, test ppl {result['test_ppl']:.2f} "
                   f"({out / 'best'})")
 

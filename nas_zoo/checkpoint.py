@@ -3,11 +3,14 @@
 A checkpoint is a directory ``DIR/`` holding ``model.safetensors`` (the weights) and ``state.pt`` (optimizer,
 scheduler, RNG states, epoch and any JSON-like extras), loaded with ``torch.load(weights_only=True)``.
 It is written into a temporary sibling directory and renamed into place, so a run killed mid-save leaves
-the previous checkpoint intact.
+the previous checkpoint intact. ``locked_output`` holds a run's output folder for one writer at a time.
 """
+import fcntl
 import os
 import random
+import re
 import shutil
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
@@ -19,6 +22,85 @@ from torch import nn
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message says which keys."""
+
+
+class OutputError(RuntimeError):
+    """An output folder this run may not write: another process holds it, or it holds what this command did not
+    write; the message says which."""
+
+
+@contextmanager
+def locked_output(out) -> Iterator[Path]:
+    """Hold ``out`` (a folder, made if needed) for this process alone while the block runs.
+
+    The lock is ``flock`` on ``.NAME.lock`` beside ``out``: the kernel releases it when its holder dies, so a
+    killed run never leaves it stuck, and a folder that is swapped whole (``atomic_directory``) can be locked.
+    Folders made here that the block leaves empty (it failed early) are removed again.
+    """
+    out = Path(os.path.abspath(out))  # "run/.." is the folder above, not a name ".." to lock beside
+    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.with_name(f".{out.name}.lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise OutputError(f"{out} is being written by {holder}; wait for it to end or choose another "
+                              "output folder") from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed the file as we opened it: lock the one there now
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    try:
+        yield out
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty: the run wrote something there
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
+
+
+def temporary_sibling(path) -> Path:
+    """A temporary name beside ``path`` for this process; those left by processes that died mid-save go."""
+    path = Path(path)
+    prefix = f".{path.name}.tmp"
+    if path.parent.is_dir():
+        for stale in path.parent.iterdir():
+            pid = stale.name[len(prefix):]
+            if stale.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+    return path.with_name(f"{prefix}{os.getpid()}")
+
+
+def refusal_reason(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line, without torch's advice to retry
+    with ``weights_only=False`` (which would run the file's code)."""
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it pickles {found.group(1)}, which would run code from outside torch to load"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0] if lines else type(error).__name__
 
 
 def rng_state() -> Dict[str, Any]:
@@ -48,9 +130,9 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 @contextmanager
 def atomic_directory(directory) -> Iterator[Path]:
     """A temporary sibling of ``directory`` to fill; it replaces ``directory`` when the block completes."""
-    target = Path(directory)
+    target = Path(os.path.abspath(directory))  # its siblings, not those of "..": see locked_output
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    tmp = temporary_sibling(target)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -61,9 +143,16 @@ def atomic_directory(directory) -> Iterator[Path]:
 
 
 def save_checkpoint(directory, model: nn.Module, state: Dict[str, Any]) -> Path:
-    """Write ``model``'s weights and ``state`` (tensors, numbers, strings, lists, dicts) atomically."""
+    """Write ``model``'s weights and ``state`` (tensors, numbers, strings, lists, dicts) atomically.
+
+    Non-finite weights are refused: the checkpoint already there (finite) is kept.
+    """
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    broken = next((k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()), None)
+    if broken is not None:
+        raise FloatingPointError(f"{directory}: not saved, the weights hold non-finite values ({broken}); "
+                                 "lower the learning rate and resume from the last checkpoint")
     with atomic_directory(directory) as tmp:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
     return Path(directory)
@@ -109,4 +198,4 @@ def load_state(directory) -> Dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means the same thing to the user
-        raise CheckpointError(f"{path}: cannot be read as tensors and plain data ({e})") from None
+        raise CheckpointError(f"{path}: cannot be read as tensors and plain data ({refusal_reason(e)})") from None

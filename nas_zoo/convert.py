@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from .checkpoint import refusal_reason
 from .genotype import Genotype
 
 # Renames shared by every repository that copied DARTS's model.py (and by GDAS and BNASv2).
@@ -199,18 +200,14 @@ def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
         raise CheckpointFormatError(f"{path}: no such checkpoint file")
     try:
         data: Any = load_file(str(path)) if path.suffix == ".safetensors" else _load(path)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # "Unsupported global: GLOBAL x" or "... GLOBAL x whose module"
-        refused = found or re.search(r"WeightsUnpickler error: ([^\n]+)", str(e))
-        if not refused:
-            raise CheckpointFormatError(f"{path}: not a readable PyTorch or safetensors checkpoint ({e})") from None
-        what = f"it pickles {found.group(1)}" if found else refused.group(1)
-        raise CheckpointFormatError(
-            f"{path}: cannot be read with torch.load(weights_only=True): {what}, which would run code from outside "
-            "torch to load; nas-zoo reads tensors and plain data only. Re-save its tensors where the authors' code "
-            "is installed: torch.save(model.state_dict(), 'state_dict.pt'), and convert that") from None
     except Exception as e:  # noqa: BLE001 - truncated zip, not a torch file: all mean the same to the user
-        raise CheckpointFormatError(f"{path}: not a readable PyTorch or safetensors checkpoint ({e})") from None
+        reason = refusal_reason(e)
+        if not isinstance(e, pickle.UnpicklingError) or not reason.startswith("it pickles"):
+            raise CheckpointFormatError(f"{path}: not a readable PyTorch or safetensors checkpoint ({reason})") from None
+        raise CheckpointFormatError(
+            f"{path}: cannot be read with torch.load(weights_only=True): {reason}; nas-zoo reads tensors and plain "
+            "data only. Re-save its tensors where the authors' code is installed: "
+            "torch.save(model.state_dict(), 'state_dict.pt'), and convert that") from None
     extra: Dict[str, Any] = {}
     if isinstance(data, _StandIn):  # a whole pickled model
         extra = {"pickled_class": f"{type(data).__module__}.{type(data).__qualname__}"}

@@ -5,6 +5,9 @@ and subsets of them load (torchvision's loader insists on the official md5 sums)
 pickles: they are read with an unpickler that only rebuilds numpy arrays and plain containers, so a
 tampered file cannot run code. ImageNet and user datasets are class folders (torchvision's ImageFolder).
 """
+import functools
+import io
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +22,9 @@ from torchvision import datasets, transforms
 
 from .genotype import IMAGE_DATASETS
 
-CIFAR_LAYOUTS = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
+CIFAR_LAYOUTS = {  # folder, training files, test files, label key, classes
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
 }
 IMAGE_SOURCES = (*IMAGE_DATASETS, "folder")  # the papers' image datasets, and any class-folder dataset
 
@@ -30,29 +33,72 @@ class DatasetError(ValueError):
     """A dataset that is missing or not in its expected layout; the message says where we looked."""
 
 
+class _ArrayType:
+    """What ``numpy.ndarray`` unpickles to: an argument of ``_reconstruct`` only, not a call that allocates."""
+
+    def __init__(self, *args):
+        raise pickle.UnpicklingError("it calls numpy.ndarray, which allocates any shape it is given; no CIFAR "
+                                     "batch does")
+
+
+def _empty_bytes() -> bytes:
+    """``bytes()``, as protocol 2 pickles an empty array's data; ``bytes(n)`` would allocate n bytes."""
+    return b""
+
+
 class _ArrayUnpickler(pickle.Unpickler):
-    """Rebuilds numpy arrays and builtin containers only."""
+    """Rebuilds numpy arrays and builtin containers only, none larger than the file itself.
+
+    A CIFAR batch stores its pixels in the file, so no honest array is bigger than the file; the bound
+    stops a tiny file from asking for gigabytes (``numpy.ndarray(shape)`` allocates any shape it is given).
+    """
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"), ("__builtin__", "bytes")}
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data), encoding="latin1")
+        self.limit = len(data)
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
-        return super().find_class(module, name)
+        if name == "ndarray":
+            return _ArrayType
+        if name == "bytes":
+            return _empty_bytes
+        found = super().find_class(module, name)
+        if name == "_reconstruct":
+            return functools.partial(self._reconstruct, found)
+        if name == "scalar":
+            return functools.partial(self._scalar, found)
+        return found
+
+    def _reconstruct(self, reconstruct, subtype, shape, dtype):
+        if subtype is not _ArrayType:
+            raise pickle.UnpicklingError("_reconstruct of something other than numpy.ndarray")
+        self._check(math.prod(shape) * np.dtype(dtype).itemsize)
+        return reconstruct(np.ndarray, shape, dtype)
+
+    def _scalar(self, scalar, dtype, *data):
+        self._check(np.dtype(dtype).itemsize)
+        return scalar(dtype, *data)
+
+    def _check(self, size: int) -> None:
+        if size > self.limit:
+            raise pickle.UnpicklingError(f"it asks for an array of {size:,} bytes in a file of {self.limit:,}")
 
 
 def _read_batch(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return _ArrayUnpickler(f, encoding="latin1").load()
+    return _ArrayUnpickler(path.read_bytes()).load()
 
 
 class CifarPickles(Dataset):
     """CIFAR-10 or CIFAR-100 from ``root/cifar-10-batches-py`` (or ``root/cifar-100-python``)."""
 
     def __init__(self, root, dataset: str = "cifar10", train: bool = True, transform: Optional[Callable] = None):
-        folder, train_files, test_files, label_key = CIFAR_LAYOUTS[dataset]
+        folder, train_files, test_files, label_key, classes = CIFAR_LAYOUTS[dataset]
         directory = Path(root) / folder
         images, labels = [], []
         for name in train_files if train else test_files:
@@ -69,8 +115,14 @@ class CifarPickles(Dataset):
             if data.ndim != 2 or data.shape[1] != 3072 or len(batch_labels) != len(data):
                 raise DatasetError(f"{dataset}: {path} holds data of shape {data.shape}; expected N x 3072 "
                                    "with one label per image")
+            bad = next((label for label in batch_labels
+                        if not (isinstance(label, (int, np.integer)) and 0 <= label < classes)), None)
+            if bad is not None:
+                raise DatasetError(f"{dataset}: {path} holds the label {bad!r}; expected 0..{classes - 1}")
             images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels += batch_labels
+        if not labels:  # found now, not as a division by zero after a whole epoch
+            raise DatasetError(f"{dataset}: the {'training' if train else 'test'} files in {directory} hold no images")
         self.images = np.concatenate(images)
         self.targets: List[int] = labels
         self.transform = transform

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+from .checkpoint import temporary_sibling
 from .ops import OPS
 
 Edge = Tuple[str, int]
@@ -34,17 +35,19 @@ DATASETS = IMAGE_DATASETS + TEXT_DATASETS
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")
 NETWORKS = ("cifar", "imagenet", "bcnn", "bcnn_imagenet")
 NETWORK_OPTIONS = {"pool_bn": bool, "auxiliary_last_bn": bool}
+# Upper bounds on a network's width and depth: 7x and 3x the papers' largest, far below what would not fit.
+MAX_C, MAX_LAYERS = 256, 64
 # What an evaluation setting may hold, with the check each value must pass.
 SETTING_FIELDS = {
     "model": (str, "a model name"),
     "dataset": (str, f"one of {', '.join(DATASETS)}"),
     "network": (str, f"one of {', '.join(NETWORKS)}"),
-    "C": (int, "a positive even integer"),
-    "layers": (int, "a positive integer"),
-    "enhancement_layers": (int, "a positive integer"),  # the broad network's (BCNN)
+    "C": (int, f"a positive even integer up to {MAX_C}"),
+    "layers": (int, f"a positive integer up to {MAX_LAYERS}"),
+    "enhancement_layers": (int, f"a positive integer up to {MAX_LAYERS}"),  # the broad network's (BCNN)
     "auxiliary_weight": (float, "a number >= 0"),
     "drop_path": (float, "a probability in [0, 1)"),
-    "reported": (dict, "an object of figures"),
+    "reported": (dict, "an object of figures (numbers and strings)"),
     # Recurrent cells: the language model's width and the paper's training recipe where it departs from
     # the DARTS defaults (nas_zoo.lm.LMConfig).
     "nhid": (int, "a positive integer"),
@@ -182,6 +185,11 @@ def _is_pair(item: Any) -> bool:
             and not isinstance(item[1], bool))
 
 
+def is_flat(value: Any) -> bool:
+    """An object of plain values (strings, numbers, booleans, null), as papers, provenances and figures are."""
+    return isinstance(value, Mapping) and all(v is None or isinstance(v, (str, int, float)) for v in value.values())
+
+
 def _valid_weights(weights: Mapping) -> bool:
     """Where an evaluation's trained weights live: a Hub repository, their sha256 and whether they are out."""
     sha256 = weights.get("sha256")
@@ -250,6 +258,16 @@ class _Checker:
                                  f"0..{num_nodes + first - 1})")
         return tuple(concat)
 
+    def flat(self, value: Any, where: str) -> Any:
+        if not is_flat(value):
+            raise self.fail(where, "expected an object of strings and numbers")
+        return value
+
+    def kind(self, value: Any, kind: type, where: str, expected: str) -> Any:
+        if not isinstance(value, kind):
+            raise self.fail(where, f"expected {expected}, got {json.dumps(value)[:60]}")
+        return value
+
     def setting(self, setting: Any, where: str) -> Dict[str, Any]:
         if not isinstance(setting, Mapping):
             raise self.fail(where, "expected an object")
@@ -262,7 +280,8 @@ class _Checker:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             ok = ok and {
                 "dataset": lambda v: v in DATASETS, "network": lambda v: v in NETWORKS,
-                "C": lambda v: v > 0 and v % 2 == 0, "layers": lambda v: v > 0, "enhancement_layers": lambda v: v > 0,
+                "C": lambda v: 0 < v <= MAX_C and v % 2 == 0, "layers": lambda v: 0 < v <= MAX_LAYERS,
+                "enhancement_layers": lambda v: 0 < v <= MAX_LAYERS, "reported": is_flat,
                 "auxiliary_weight": lambda v: v >= 0, "drop_path": lambda v: 0 <= v < 1, "weights": _valid_weights,
                 "nhid": lambda v: v > 0, "epochs": lambda v: v > 0, "wdecay": lambda v: v >= 0,
             }.get(key, (lambda v: 0 <= v < 1) if key.startswith("dropout") else (lambda v: True))(value)
@@ -275,7 +294,7 @@ def _evaluations(check: _Checker, record: Mapping, defaults: Mapping[str, Mappin
                  required: Tuple[str, ...]) -> List[Dict[str, Any]]:
     """The record's evaluation settings over the file's ``evaluation_defaults``, validated."""
     evaluations = []
-    for k, setting in enumerate(record.get("evaluations", [])):
+    for k, setting in enumerate(check.kind(record.get("evaluations", []), list, "evaluations", "a list of settings")):
         where = f"evaluations[{k}]"
         setting = check.setting(setting, where)
         if setting.get("dataset") not in datasets:
@@ -299,9 +318,10 @@ def _parse_recurrent(name: str, record: Mapping, source: str, paper: Mapping,
     steps = check.steps(record)
     return RecurrentGenotype(
         name=name, recurrent=steps, concat=check.concat(record, "concat", len(steps), first=1),
-        paper=_freeze(record.get("paper", paper)), provenance=_freeze(record.get("provenance", {})),
+        paper=_freeze(check.flat(record.get("paper", paper), "paper")),
+        provenance=_freeze(check.flat(record.get("provenance", {}), "provenance")),
         evaluations=_freeze(_evaluations(check, record, defaults, TEXT_DATASETS, ())),
-        note=record.get("note", ""), source=source)
+        note=check.kind(record.get("note", ""), str, "note", "a string"), source=source)
 
 
 def _parse_record(name: str, record: Any, source: str, paper: Mapping, network_options: Mapping,
@@ -316,18 +336,23 @@ def _parse_record(name: str, record: Any, source: str, paper: Mapping, network_o
         raise check.fail(sorted(unknown)[0], f"unknown field; expected some of {', '.join(sorted(RECORD_FIELDS))}")
     normal = check.edges(record, "normal")
     reduce = None if record.get("reduce", "missing") is None else check.edges(record, "reduce")
-    options = {**network_options, **record.get("network_options", {})}
+    options = {**network_options, **check.kind(record.get("network_options", {}), Mapping, "network_options",
+                                                 "an object")}
     for key, value in options.items():
         if key not in NETWORK_OPTIONS or not isinstance(value, NETWORK_OPTIONS[key]):
             raise check.fail(f"network_options.{key}", f"expected one of {', '.join(NETWORK_OPTIONS)} (booleans)")
     evaluations = _evaluations(check, record, defaults, IMAGE_DATASETS, ("network", "C", "layers"))
+    reduce_concat = check.concat(record, "reduce_concat", len(reduce or normal) // 2)
+    if min(reduce_concat) < 2:  # they are at the input's resolution, which the reduction cell halves
+        raise check.fail("reduce_concat", "a reduction cell's output can only join its nodes (2 and up), not its "
+                                          "inputs 0 and 1")
     return Genotype(
         name=name, normal=normal, normal_concat=check.concat(record, "normal_concat", len(normal) // 2),
-        reduce=reduce,
-        reduce_concat=check.concat(record, "reduce_concat", len(reduce or normal) // 2),
-        paper=_freeze(record.get("paper", paper)), provenance=_freeze(record.get("provenance", {})),
-        evaluations=_freeze(evaluations), network_options=_freeze(options), note=record.get("note", ""),
-        source=source)
+        reduce=reduce, reduce_concat=reduce_concat,
+        paper=_freeze(check.flat(record.get("paper", paper), "paper")),
+        provenance=_freeze(check.flat(record.get("provenance", {}), "provenance")),
+        evaluations=_freeze(evaluations), network_options=_freeze(options),
+        note=check.kind(record.get("note", ""), str, "note", "a string"), source=source)
 
 
 def parse_genotypes(data: Any, source: str) -> Dict[str, AnyGenotype]:
@@ -340,15 +365,17 @@ def parse_genotypes(data: Any, source: str) -> Dict[str, AnyGenotype]:
             raise GenotypeError(f"{source}: field 'name': a genotype file needs a non-empty \"name\" "
                                 "(or a \"genotypes\" object of named records)")
         return {name: _parse_record(name, data, source, {}, {}, {})}
+    check = _Checker(source, "*")
     defaults = {}
-    for dataset, setting in data.get("evaluation_defaults", {}).items():
-        defaults[dataset] = _Checker(source, "*").setting(setting, f"evaluation_defaults.{dataset}")
+    for dataset, setting in check.kind(data.get("evaluation_defaults", {}), Mapping, "evaluation_defaults",
+                                       "an object of settings per dataset").items():
+        defaults[dataset] = check.setting(setting, f"evaluation_defaults.{dataset}")
     genotypes = data["genotypes"]
     if not isinstance(genotypes, Mapping) or not genotypes:
         raise GenotypeError(f"{source}: field 'genotypes': expected a non-empty object of named records")
-    return {name: _parse_record(name, record, source, data.get("paper", {}), data.get("network_options", {}),
-                                defaults)
-            for name, record in genotypes.items()}
+    paper = check.flat(data.get("paper", {}), "paper")
+    options = check.kind(data.get("network_options", {}), Mapping, "network_options", "an object")
+    return {name: _parse_record(name, record, source, paper, options, defaults) for name, record in genotypes.items()}
 
 
 def _read_json(path: Union[str, os.PathLike], text: Optional[str] = None) -> Any:
@@ -358,6 +385,12 @@ def _read_json(path: Union[str, os.PathLike], text: Optional[str] = None) -> Any
         raise GenotypeError(f"{path}: no such genotype file") from None
     except json.JSONDecodeError as e:
         raise GenotypeError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise GenotypeError(f"{path}: not a text file; a genotype file is JSON in UTF-8") from None
+    except RecursionError:
+        raise GenotypeError(f"{path}: JSON nested too deeply for a genotype file") from None
+    except OSError as e:
+        raise GenotypeError(f"{path}: cannot be read ({e.strerror})") from None
 
 
 def load_genotypes(path: Union[str, os.PathLike]) -> Dict[str, AnyGenotype]:
@@ -389,7 +422,7 @@ def save_genotype(genotype: AnyGenotype, path: Union[str, os.PathLike], search: 
 def write_text_atomic(path: Union[str, os.PathLike], text: str) -> None:
     """Write ``text`` to a temp file beside ``path`` and rename it over ``path``: never a half-written file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_sibling(path)
     try:
         tmp.write_text(text)
         os.replace(tmp, path)

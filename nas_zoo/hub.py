@@ -23,8 +23,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import CheckpointError, atomic_directory, load_fitting
+from .checkpoint import CheckpointError, OutputError, atomic_directory, load_fitting, locked_output
 from .download import WEIGHTS_NAME
+from .genotype import is_flat
 from .zoo import DATASET_TAGS, GENOTYPE_MODEL, MODELS, NUM_CLASSES, ModelSpec, _pretrained_cfg
 
 
@@ -54,6 +55,24 @@ def hub_config(model: nn.Module, architecture: str, genotype: Mapping[str, Any],
 
 def _figure(value: Any, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def evaluation_problem(evaluation: Any) -> Optional[str]:
+    """What keeps ``evaluation`` from being ``nas-zoo evaluate --json`` output that ``model_card`` can show."""
+    if not isinstance(evaluation, Mapping):
+        return "expected a JSON object, as `nas-zoo evaluate --json` writes"
+    flops, reported = evaluation.get("flops") or {}, evaluation.get("reported") or {}
+    checks = {key: evaluation.get(key) is None or _number(evaluation.get(key))
+              for key in ("top1_error", "top5_error", "params", "latency_ms_batch1")}
+    checks.update(flops=isinstance(flops, Mapping) and all(map(_number, flops.values())), reported=is_flat(reported),
+                  dataset=isinstance(evaluation.get("dataset", ""), str),
+                  device=isinstance(evaluation.get("device", ""), str))
+    bad = [key for key, ok in checks.items() if not ok]
+    return f"field {bad[0]!r} is not what `nas-zoo evaluate --json` writes there" if bad else None
 
 
 def model_card(config: Mapping[str, Any], dataset: str, load_as: str, evaluation: Optional[Mapping[str, Any]] = None,
@@ -166,13 +185,36 @@ def save_pretrained(directory, target: WeightsTarget, state_dict: Mapping[str, t
 
 
 def write_pretrained(directory, model: nn.Module, config: Mapping[str, Any], card: str) -> Path:
-    """Write ``model.safetensors``, ``config.json`` and ``README.md`` into ``directory``, atomically."""
-    with atomic_directory(directory) as tmp:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` into ``directory``, atomically.
+
+    The folder is replaced whole, so it must be new, empty or such a folder already: never anything else.
+    """
+    with locked_output(directory), atomic_directory(directory) as tmp:
+        if not _replaceable(Path(directory)):
+            raise OutputError(f"{directory} exists and is not a weights folder written by nas-zoo; it is left as it "
+                              "is: choose a new folder")
         weights = {k: v.detach().contiguous().cpu() for k, v in inference_state_dict(model.state_dict()).items()}
         save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "README.md").write_text(card)
     return Path(directory)
+
+
+def _replaceable(directory: Path) -> bool:
+    """Absent, empty, or an earlier ``write_pretrained`` folder (only its three files, its config.json)."""
+    if not directory.exists():
+        return True
+    if not directory.is_dir():
+        return False
+    names = {p.name for p in directory.iterdir()}
+    if not names:
+        return True
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return names <= {WEIGHTS_NAME, "config.json", "README.md"} and isinstance(config, dict) and \
+        {"architecture", "genotype", "pretrained_cfg"} <= set(config)
 
 
 def push_folder(directory, repo_id: str, private: bool = False) -> str:

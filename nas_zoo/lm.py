@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import save_file
 
-from .checkpoint import (atomic_directory, find_checkpoint, load_fitting, load_state, load_weights, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (atomic_directory, find_checkpoint, load_fitting, load_state, load_weights, locked_output,
+                         rng_state, save_checkpoint, set_rng_state)
 from .convert import convert_state_dict
 from .corpus import Corpus, batchify, get_batch
 from .genotype import RecurrentGenotype, get_genotype, list_genotypes, load_genotype, parse_genotypes, unknown_name
@@ -71,7 +71,8 @@ class LMConfig:
             if key not in fields:
                 raise LMError(f"unknown training setting {key!r}; known: {', '.join(fields)}")
             kind = fields[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+                    (kind is int and value != int(value)):
                 raise LMError(f"setting {key!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
             values[key] = kind(value)
         config = cls(**values)
@@ -250,9 +251,14 @@ def train_lm(name: str, genotype: RecurrentGenotype, corpus: Corpus, out: Path, 
     """Train with the recipe above into ``out``; returns the best validation and the final test figures.
 
     ``setting`` is the paper's (``resolve``), ``overrides`` any ``LMConfig`` fields; a resumed run keeps
-    its saved settings, with ``overrides`` on top (e.g. more ``epochs``).
+    its saved settings, with ``overrides`` on top (e.g. more ``epochs``). The run holds ``out`` locked.
     """
-    out = Path(out)
+    with locked_output(out) as out:
+        return _train(name, genotype, corpus, out, setting, overrides, resume, log, progress)
+
+
+def _train(name: str, genotype: RecurrentGenotype, corpus: Corpus, out: Path, setting: Dict[str, Any],
+           overrides: Optional[Dict[str, Any]], resume: bool, log: Callable[[str], None], progress: bool):
     last = find_checkpoint(out / "last")
     if resume and last is None:
         raise LMError(f"{out / 'last'}: no checkpoint to resume from (train without --resume first)")

@@ -18,7 +18,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from .cells import Cell, FixedReductionCell
-from .genotype import Genotype, get_genotype
+from .genotype import MAX_C, MAX_LAYERS, Genotype, get_genotype
 from .ops import FactorizedReduce, ReLUConvBN
 
 STEM_MULTIPLIER = 3  # CIFAR stem width = 3 C
@@ -394,6 +394,9 @@ def build_network(genotype: Union[Genotype, str], network: str = "cifar", C: Opt
     if network not in NETWORK_DEFAULTS:
         raise ValueError(f"unknown network {network!r}; expected one of {', '.join(NETWORK_DEFAULTS)}")
     cls, stem, default_C, default_layers, default_classes = NETWORK_DEFAULTS[network]
+    C, layers = C or default_C, layers or default_layers
+    if not (0 < C <= MAX_C and 0 < layers <= MAX_LAYERS):
+        raise ValueError(f"C={C}, layers={layers} is out of range: C must be 1..{MAX_C} and layers 1..{MAX_LAYERS}")
     options = dict(genotype.network_options)
     if cls is BroadNetwork:
         options.pop("auxiliary_last_bn", None)
@@ -403,4 +406,4 @@ def build_network(genotype: Union[Genotype, str], network: str = "cifar", C: Opt
         options["enhancement_layers"] = enhancement_layers
     options.update(kwargs)
     return cls(genotype, num_classes=default_classes if num_classes is None else num_classes,
-               C=C or default_C, layers=layers or default_layers, stem=stem, auxiliary=auxiliary, **options)
+               C=C, layers=layers, stem=stem, auxiliary=auxiliary, **options)

@@ -14,6 +14,11 @@ from typing import Any, Dict, Mapping, Optional
 from .genotype import Genotype
 
 
+# A field's type -> the values it takes (an integer is a number) and their name in messages.
+TYPES = {int: int, Optional[int]: int, float: (int, float), str: str, bool: bool}
+NAMES = {int: "an integer", (int, float): "a number", str: "a string", bool: "true or false"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. Names follow the original scripts' flags (``--batch_size`` -> ``batch_size``)."""
@@ -40,11 +45,26 @@ class TrainConfig:
     deterministic: bool = False
 
     def __post_init__(self):
+        for f in fields(self):  # a JSON file or a checkpoint can hold anything: "3", NaN, 1e400
+            value, kind = getattr(self, f.name), TYPES[f.type]
+            if value is None and f.default is None:  # unset: the network's own (en_layers)
+                continue
+            if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+                raise ValueError(f"{f.name} must be {NAMES[kind]}, got {value!r}")
+            if f.type is float and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
         if self.lr_scheduler not in ("cosine", "step", "linear"):
             raise ValueError(f"lr_scheduler must be cosine, step or linear, got {self.lr_scheduler!r}")
-        for name in ("epochs", "batch_size", "init_channels", "layers", "en_layers"):
+        for name in ("epochs", "batch_size", "init_channels", "layers", "decay_period", "en_layers"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "gamma", "momentum", "weight_decay", "grad_clip", "auxiliary_weight",
+                     "cutout_length", "warmup_epochs", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        for name in ("label_smooth", "drop_path_prob"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of ``epoch`` (0-based), set at its start as the original scripts do."""

@@ -4,7 +4,8 @@ The loop is DARTS's ``train.py``: per epoch, set the learning rate and the linea
 probability, train with the auxiliary loss (weight ``auxiliary_weight``) and gradient clipping, then
 evaluate on the test split. Every epoch ends in an atomic checkpoint (weights, optimizer, RNG and data
 order) and a rewritten ``metrics.jsonl``; ``resume=True`` continues from it, and in deterministic mode
-reproduces the losses of an uninterrupted run.
+reproduces the losses of an uninterrupted run. A run holds its folder locked, never writes over another run
+(or a user's files) and never saves non-finite weights.
 """
 import json
 import math
@@ -12,14 +13,15 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import find_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (CheckpointError, find_checkpoint, load_state, load_weights, locked_output, rng_state,
+                         save_checkpoint, set_rng_state)
 from .data import DataSpec, build_dataset
 from .genotype import Genotype, write_text_atomic
 from .networks import NetworkBase, build_network
@@ -45,8 +47,62 @@ class Target:
         return model
 
 
-def device_for_run() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+#: Settings a resumed run may change: they do not change what it computes (epochs only stretches the schedule).
+RESUMABLE = ("epochs", "num_workers")
+
+
+def device_for_run(name: Optional[str] = None) -> torch.device:
+    """``name`` (cpu, cuda, cuda:1 ...), checked to be here; by default the GPU when there is one."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r} is not cpu, cuda or cuda:N")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: no such CUDA GPU is visible here; use --device cpu")
+    return device
+
+
+def architecture_difference(state: Mapping[str, Any], target: Target) -> Optional[str]:
+    """How the network a checkpoint holds differs from ``target`` (a genotype can be rewired without changing
+    any weight's shape, so the weights alone cannot tell); None when it is the same."""
+    if state.get("network") != target.network:
+        return f"network {state.get('network')!r} in the checkpoint, {target.network!r} asked for"
+    stored, given = state.get("genotype") or {}, target.genotype.to_dict()
+    for key in ("normal", "normal_concat", "reduce", "reduce_concat"):
+        a, b = stored.get(key), given[key]
+        if a != b:
+            if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+                i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+                key, a, b = f"{key}[{i}]", a[i], b[i]
+            return f"{key} {json.dumps(a)} in the checkpoint, {json.dumps(b)} in {target.genotype.name}"
+    return None
+
+
+def saved_config(out) -> Optional[TrainConfig]:
+    """The settings of the run in ``out`` (what ``--resume`` starts from), or None without a checkpoint."""
+    checkpoint = find_checkpoint(Path(out) / "checkpoint")
+    return None if checkpoint is None else TrainConfig(**load_state(checkpoint)["config"])
+
+
+def load_trained(target: Target, path, config: TrainConfig, num_classes: Optional[int] = None) -> NetworkBase:
+    """The network in a run's checkpoint (its folder, the run's folder, or a bare ``.safetensors`` file built
+    with ``config``), checked to be ``target``'s architecture; a save killed mid-swap leaves ``.old``, read too."""
+    path = Path(path)
+    found = None if path.is_file() else find_checkpoint(path) or find_checkpoint(path / "checkpoint")
+    if found is not None:
+        state = load_state(found)
+        difference = architecture_difference(state, target)
+        if difference:
+            raise CheckpointError(f"{found} holds another architecture ({difference}); evaluate it with the "
+                                  "genotype it was trained with")
+        config, num_classes = TrainConfig(**state["config"]), state.get("num_classes", num_classes)
+    model = target.build(config, num_classes)
+    load_weights(found or path, model)
+    return model
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, generator=None) -> DataLoader:
@@ -80,13 +136,26 @@ def _progress() -> Progress:
 
 
 def train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume: bool = False,
-          log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
-    """Run (or resume) training into ``out``; returns the per-epoch metrics."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+          log: Callable[[str], None] = print, device: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Run (or resume) training into ``out``; returns the per-epoch metrics.
+
+    ``config`` of a resumed run must be the saved one (``saved_config``) up to the ``RESUMABLE`` fields.
+    """
+    with locked_output(out) as out:
+        return _train(target, config, data, out, resume, log, device_for_run(device))
+
+
+def _train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume: bool, log, device):
+    existing = [name for name in ("checkpoint", "checkpoint.old", "metrics.jsonl") if (out / name).exists()]
+    checkpoint = find_checkpoint(out / "checkpoint")
+    if existing and not resume:
+        raise ValueError(f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue it or "
+                         "choose another --out")
+    if existing and checkpoint is None:
+        raise ValueError(f"{out} holds {', '.join(existing)} but no readable checkpoint; choose another --out")
+    out.mkdir(exist_ok=True)
     if not os.access(out, os.W_OK):
         raise PermissionError(f"{out}: output directory is not writable; choose another --out")
-    device = device_for_run()
     torch.manual_seed(config.seed)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -109,21 +178,18 @@ def train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume
     history: List[Dict[str, Any]] = []
     start = 0
 
-    checkpoint = find_checkpoint(out / "checkpoint") if resume else None
     if resume and checkpoint is None:
         log(f"no checkpoint in {out / 'checkpoint'}; starting from epoch 0")
     if checkpoint is not None:
         state = load_state(checkpoint)
-        if state["config"] != config.to_dict():
-            changed = sorted(k for k, v in config.to_dict().items() if state["config"].get(k) != v)
-            raise ValueError(f"{checkpoint} was trained with other settings ({', '.join(changed)}); "
-                             "resume with the same ones or use another --out")
+        _check_resume(state, target, config, checkpoint, log)
         load_weights(checkpoint, model)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         order.set_state(state["data_order"])
         history, start = state["history"], state["epoch"]
+        _write_metrics(out, history)  # a kill after the checkpoint may have left it an epoch behind
         log(f"resumed from {checkpoint} at epoch {start}")
 
     train_loader = make_loader(train_set, config.batch_size, True, config.num_workers, order)
@@ -136,6 +202,9 @@ def train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume
         metrics = dict(epoch=epoch, lr=lr, drop_path_prob=model.drop_path_prob,
                        **_train_epoch(model, train_loader, optimizer, scaler, criterion, config, device, epoch),
                        **{f"test_{k}": v for k, v in evaluate_loader(model, test_loader, device).items()})
+        if not math.isfinite(metrics["test_loss"]):
+            raise FloatingPointError(f"epoch {epoch}: the test loss became {metrics['test_loss']}; the checkpoint "
+                                     f"after {epoch} epochs is kept; lower --learning-rate")
         history.append(metrics)
         log(f"epoch {epoch}: train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.2f}%  "
             f"test top-1 error {metrics['test_top1_error']:.2f}%  ({metrics['images_per_s']:.0f} img/s)")
@@ -143,8 +212,35 @@ def train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume
             epoch=epoch + 1, config=config.to_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
             rng=rng_state(), data_order=order.get_state(), history=history, genotype=target.genotype.to_dict(),
             network=target.network, dataset=target.dataset, model=target.model_name or "", num_classes=model.num_classes))
-        write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+        _write_metrics(out, history)
     return history
+
+
+def _check_resume(state: Mapping[str, Any], target: Target, config: TrainConfig, checkpoint: Path, log) -> None:
+    """Refuse to continue a run as another architecture, on other data or with settings that change results."""
+    difference = architecture_difference(state, target)
+    if difference:
+        raise ValueError(f"{checkpoint} holds a run of another architecture ({difference}); resume it with its "
+                         "own genotype or use another --out")
+    if state["dataset"] != target.dataset:
+        raise ValueError(f"{checkpoint} was trained on {state['dataset']}, not {target.dataset}")
+    saved = state["config"]
+    changed = [f"{k} {saved.get(k)} -> {v}" for k, v in config.to_dict().items()
+               if saved.get(k) != v and k not in RESUMABLE]
+    if changed:
+        raise ValueError(f"{checkpoint} was trained with other settings ({', '.join(changed)}), which change its "
+                         "results; resume without them or use another --out")
+    if config.epochs < state["epoch"]:
+        raise ValueError(f"{checkpoint} has trained {state['epoch']} epochs already; --epochs {config.epochs} "
+                         "cannot undo them")
+    if config.epochs != saved["epochs"]:
+        log(f"epochs {saved['epochs']} -> {config.epochs}: from epoch {state['epoch']} on, the {config.lr_scheduler} "
+            f"learning rate and the drop-path ramp follow a {config.epochs}-epoch run (no longer the same run as "
+            f"one trained for {saved['epochs']} epochs)")
+
+
+def _write_metrics(out: Path, history: List[Dict[str, Any]]) -> None:
+    write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m, allow_nan=False) + "\n" for m in history))
 
 
 def _train_epoch(model, loader, optimizer, scaler, criterion, config: TrainConfig, device, epoch) -> Dict[str, float]:

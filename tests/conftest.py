@@ -41,13 +41,17 @@ def loopback_hub(tmp_path, monkeypatch):
 
 @pytest.fixture
 def tiny_cifar(tmp_path) -> Path:
+    return write_tiny_cifar(tmp_path)
+
+
+def write_tiny_cifar(directory: Path) -> Path:
     """A CIFAR-10 folder in the standard python layout: 5 train batches and a test batch of 16 images each,
     random pixels but for the red channel, which encodes the label (something to learn)."""
     import pickle
 
     import numpy as np
 
-    root = tmp_path / "cifar"
+    root = directory / "cifar"
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)

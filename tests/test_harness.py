@@ -110,12 +110,20 @@ def test_train_resume_continues_exactly(cifar, tmp_path, monkeypatch):
     assert [(m["train_loss"], m["test_loss"]) for m in a] == [(m["train_loss"], m["test_loss"]) for m in b]
 
 
-def test_resume_with_other_settings_is_refused(cifar, tmp_path):
+def test_resume_takes_the_saved_settings_and_may_raise_the_epochs(cifar, tmp_path):
     out = tmp_path / "run"
-    assert run("train", "darts_v2", "--dataset", "cifar10", "--data-dir", cifar, "--out", out, *tiny(1)).exit_code == 0
-    result = run("train", "darts_v2", "--dataset", "cifar10", "--data-dir", cifar, "--out", out, "--resume",
-                 *tiny(1), "--seed", "3")
-    assert result.exit_code == 2 and "other settings (seed)" in result.output
+    train = ("train", "darts_v2", "--dataset", "cifar10", "--data-dir", cifar, "--out", out)
+    assert run(*train, *tiny(1)).exit_code == 0
+    result = run(*train, "--resume", "--seed", "3")
+    assert result.exit_code == 2 and "other settings (seed 0 -> 3), which change its results" in result.output
+    result = run(*train, "--resume")  # every setting from the checkpoint: nothing left to do
+    assert result.exit_code == 0 and "at epoch 1" in result.output, result.output
+    result = run(*train, "--resume", "--epochs", "2", "--num-workers", "1")
+    assert result.exit_code == 0 and "epochs 1 -> 2" in result.output, result.output
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=True)["config"]["init_channels"] == 4
+    result = run(*train, "--resume", "--epochs", "1")
+    assert result.exit_code == 2 and "trained 2 epochs already" in result.output
 
 
 def test_killed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -6,7 +6,6 @@ is piecewise smooth (ReLU, max-pool), and at r = 1e-2 the probes w+- cross kinks
 network, so there the approximation itself, not the code, is off (we measured 30-250 % relative error
 at r = 1e-2, 4e-10 at r = 1e-6).
 """
-import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
