@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Type
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from nas_zoo.checkpoint import CheckpointError
+from nas_zoo.checkpoint import CheckpointError, OutputError
 from nas_zoo.data import DatasetError
 from nas_zoo.search import ALGORITHMS, Search, SearchAlgorithm, SearchConfig
 from nas_zoo.search.algorithm import LOOP_DEFAULTS
@@ -119,7 +119,7 @@ def _search(name: str, algorithm: Type[SearchAlgorithm], values: Dict[str, Any])
         if resume and not search.resume():
             raise fail(f"--resume: no checkpoint in {out / 'checkpoint'}; run without --resume to start")
         record = search.run()
-    except (DatasetError, CheckpointError, ValueError) as e:
+    except (DatasetError, CheckpointError, OutputError, ValueError) as e:
         raise fail(str(e)) from None
     last = record["epochs"][-1] if record["epochs"] else {}
     epochs = f"{record['epochs_done']} epoch{'' if record['epochs_done'] == 1 else 's'}"

@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from nas_zoo.checkpoint import locked_output
 from nas_zoo.cli.app import app
 from nas_zoo.genotype import load_genotype
 from nas_zoo.ops import PRIMITIVES
@@ -122,6 +123,14 @@ def test_outputs_left_stale_by_a_kill_after_the_last_checkpoint_are_rebuilt(tiny
     genotype = json.loads((out / "genotype.json").read_text())
     assert genotype["search"]["epochs"] == 2
     assert genotype["normal"] == record["epochs"][-1]["genotype"]["normal"]
+
+
+def test_a_second_search_into_the_same_folder_is_refused(tiny_cifar, tmp_path):
+    out = tmp_path / "out"
+    with locked_output(out):  # another run holds it
+        result = search("darts", tiny_cifar, out, epochs=1)
+    assert result.exit_code == 2 and "is being written by pid" in result.output, result.output
+    assert not (out / "checkpoint").exists()
 
 
 def test_search_bad_input_is_one_clear_error(tiny_cifar, tmp_path):

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import find_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
+from ..checkpoint import (find_checkpoint, load_state, load_weights, locked_output, rng_state, save_checkpoint,
+                          set_rng_state)
 from ..evaluate import device_name
 from ..genotype import Genotype, parse_genotypes, save_genotype, thaw, write_text_atomic
 from .algorithm import Candidates, SearchAlgorithm, SearchConfig, with_defaults
@@ -164,7 +165,12 @@ class Search:
 
     def run(self) -> Dict[str, Any]:
         """Every remaining epoch of every stage; ends by (re)writing the outputs from the last checkpoint.
-        With ``progress``, a bar on stderr and one line per finished epoch that stays (pipes get the lines)."""
+        With ``progress``, a bar on stderr and one line per finished epoch that stays (pipes get the lines).
+        The run holds ``out`` locked (``checkpoint.locked_output``): a second writer is refused."""
+        with locked_output(self.out):
+            return self._run()
+
+    def _run(self) -> Dict[str, Any]:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
