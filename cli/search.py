@@ -14,8 +14,9 @@ from nas_zoo.checkpoint import CheckpointError
 from nas_zoo.data import DatasetError
 from nas_zoo.search import ALGORITHMS, Search, SearchAlgorithm, SearchConfig
 from nas_zoo.search.algorithm import LOOP_DEFAULTS
+from nas_zoo.threads import AUTO, set_threads
 
-from .output import console, fail
+from .output import THREADS_HELP, console, fail
 
 #: click's UsageError, as the click that typer runs on defines it (typer >= 0.20 carries its own copy)
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -68,6 +69,7 @@ def _loop_options(defaults: Dict[str, Any], stages: bool) -> list:
         _option("device", None, "cpu, cuda, cuda:1 ... (default: cuda when available)", Optional[str]),
         _option("resume", False, "continue from OUT/checkpoint", bool),
         _option("out", Path("search-out"), "output folder", Path),
+        _option("threads", AUTO, THREADS_HELP, int),
     ]
 
 
@@ -88,6 +90,7 @@ def _command(name: str, algorithm: Type[SearchAlgorithm]):
 def _search(name: str, algorithm: Type[SearchAlgorithm], values: Dict[str, Any]) -> None:
     settings = {o.name: values.pop(o.name) for o in algorithm.options}
     resume, out, device = values.pop("resume"), values.pop("out"), values.pop("device")
+    set_threads(values.pop("threads"))
     try:
         settings = {o.name: o.parse(settings[o.name]) if isinstance(o.default, tuple) else settings[o.name]
                     for o in algorithm.options}

@@ -136,12 +136,13 @@ def train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.drop_path_prob = config.drop_path_prob * epoch / config.epochs
-        metrics = dict(epoch=epoch, lr=lr, drop_path_prob=model.drop_path_prob,
+        metrics = dict(epoch=epoch + 1, lr=lr, drop_path_prob=model.drop_path_prob, threads=torch.get_num_threads(),
                        **_train_epoch(model, train_loader, optimizer, scaler, criterion, config, device, epoch),
                        **{f"test_{k}": v for k, v in evaluate_loader(model, test_loader, device).items()})
         history.append(metrics)
-        log(f"epoch {epoch}: train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.2f}%  "
-            f"test top-1 error {metrics['test_top1_error']:.2f}%  ({metrics['images_per_s']:.0f} img/s)")
+        log(f"epoch {epoch + 1}/{config.epochs}: train loss {metrics['train_loss']:.4f} "
+            f"acc {metrics['train_acc']:.2f}%  test top-1 error {metrics['test_top1_error']:.2f}%  "
+            f"({metrics['images_per_s']:.0f} img/s)")
         save_checkpoint(out / "checkpoint", model, dict(
             epoch=epoch + 1, config=config.to_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
             rng=rng_state(), data_order=order.get_state(), history=history, genotype=target.genotype.to_dict(),
@@ -172,7 +173,8 @@ def _train_epoch(model, loader, optimizer, scaler, criterion, config: TrainConfi
             scaler.step(optimizer)
             scaler.update()
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"epoch {epoch}: the training loss became {loss.item()}; lower --learning-rate")
+                raise FloatingPointError(f"epoch {epoch + 1}: the training loss became {loss.item()}; "
+                                         "lower --learning-rate")
             loss_sum += loss.item() * len(targets)
             correct += (logits.argmax(1) == targets).sum().item()
             seen += len(targets)
