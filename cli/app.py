@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from nas_zoo.genotype import DATASETS, Genotype, GenotypeError, RecurrentGenotype, get_genotype, load_genotype
-from nas_zoo.summary import genotype_info, language_model_rows, zoo_rows
+from nas_zoo.summary import genotype_info, language_model_rows, search_cost, zoo_rows
 from nas_zoo.threads import set_threads
 from nas_zoo.zoo import find_model
 
@@ -159,7 +159,7 @@ def info_command(
          f"{network['network']} {network['C']}/{network['layers']}", f"{d['params'] / 1e6:.3f}",
          _fmt(d["reported"].get("params_M"), 1), *(f"{flops / 1e6:.1f}" for flops in d["flops"].values()),
          _fmt(d["reported"].get("mult_adds_M")), _fmt(d["reported"].get("test_error", d["reported"].get("top1_error"))),
-         _fmt(d["reported"].get("search_cost_gpu_days"))) for network in info["networks"] for d in network["datasets"]]))
+         _fmt(search_cost(d["reported"]))) for network in info["networks"] for d in network["datasets"]]))
 
 
 app.add_typer(search_app, name="search")

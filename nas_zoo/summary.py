@@ -11,6 +11,7 @@ from .rnn import MODEL_FIELDS, RNNModel, paper_setting
 from .zoo import DATASET_TAGS, LM_MODELS, MODELS, NUM_CLASSES
 
 TEST_ERROR_KEYS = ("test_error", "top1_error")
+SEARCH_COST_KEYS = ("search_cost_gpu_days", "search_cost_gpu_days_first_order")  # B-DARTS reports both orders
 
 
 def family(genotype: AnyGenotype) -> str:
@@ -25,6 +26,11 @@ def count_params(model) -> int:
 
 def _reported_error(reported) -> Optional[float]:
     return next((reported[k] for k in TEST_ERROR_KEYS if k in reported), None)
+
+
+def search_cost(reported) -> Optional[float]:
+    """The reported search cost in GPU days (first order where a paper gives both)."""
+    return next((reported[k] for k in SEARCH_COST_KEYS if k in reported), None)
 
 
 def zoo_rows(family_name: Optional[str] = None, dataset: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -43,7 +49,7 @@ def zoo_rows(family_name: Optional[str] = None, dataset: Optional[str] = None) -
                 family=family(spec.genotype), paper=spec.genotype.paper.get("title"), task="cnn",
                 dataset=evaluation["dataset"], network=spec.network, C=spec.C, layers=spec.layers,
                 params=count_params(model), reported_params_M=reported.get("params_M"),
-                reported_error=_reported_error(reported), search_cost_gpu_days=reported.get("search_cost_gpu_days"),
+                reported_error=_reported_error(reported), search_cost_gpu_days=search_cost(reported),
                 search_gpu=reported.get("search_gpu")))
     return rows
 
@@ -58,7 +64,7 @@ def _language_model_row(name: Optional[str], genotype: RecurrentGenotype, datase
         paper=genotype.paper.get("title"), task="rnn", dataset=dataset, network="rnn", nhid=setting["nhid"],
         ntoken=setting["ntoken"], params=sum(p.numel() for p in model.parameters()),
         reported_params_M=reported.get("params_M"), reported_val_ppl=reported.get("val_ppl"),
-        reported_test_ppl=reported.get("test_ppl"), search_cost_gpu_days=reported.get("search_cost_gpu_days"),
+        reported_test_ppl=reported.get("test_ppl"), search_cost_gpu_days=search_cost(reported),
         setting={k: v for k, v in setting.items() if k != "dataset"}, reported=thaw(reported))
 
 

@@ -27,6 +27,8 @@ def test_list_shows_every_cnn_genotype_with_measured_and_reported_params():
     assert len({r["genotype"] for r in rows if r["task"] == "cnn"}) == 16
     gdas = next(r for r in rows if r["model"] == "gdas_f1.cifar10")
     assert (gdas["params"], gdas["reported_params_M"], gdas["reported_error"]) == (2543014, 2.5, 2.82)
+    b_darts = next(r for r in rows if r["model"] == "b_darts_v1.cifar10")
+    assert b_darts["search_cost_gpu_days"] == 0.09  # the file gives first- and second-order costs
 
 
 def test_list_filters():
