@@ -15,8 +15,11 @@ from nas_zoo.zoo import find_model
 from .output import console, fail, fitted_table, threads_option
 from .search import search_app
 
+# click's plain help (no rich markup: it ate "[default: ...]" and cut option names at 80 columns), wrapped to
+# the terminal up to 120 columns
 app = typer.Typer(help="DARTS-family searched architectures: list, inspect, build.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
+                  pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None,
+                  context_settings={"max_content_width": 120})
 FAMILIES = ["darts", "gdas", "pdarts", "pc_darts", "ednas", "bnasv2"]
 
 
