@@ -2,24 +2,26 @@
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from nas_zoo.checkpoint import CheckpointError, OutputError
-from nas_zoo.data import IMAGE_SOURCES, DataSpec, DatasetError, build_dataset
-from nas_zoo.evaluate import device_name, measure_speed, model_figures, reported_figures
+from nas_zoo.data import IMAGE_SOURCES, DataSpec, DatasetError, MissingDataError, build_dataset
+from nas_zoo.evaluate import device_name, measure_speed, model_figures, paper_figures
 from nas_zoo.genotype import TEXT_DATASETS, write_text_atomic
 from nas_zoo.recipes import TrainConfig, paper_recipe, read_config_file
 from nas_zoo.summary import family
+from nas_zoo.threads import set_threads
 from nas_zoo.train import Target, device_for_run, evaluate_loader, load_trained, make_loader, saved_config, train
 from nas_zoo.zoo import DATASET_TAGS, find_model
 
 from . import lm
 from .app import resolve_genotype
-from .output import fail
+from .output import console, fail, threads_option
 
 
 
@@ -48,30 +50,46 @@ def _default_out(target: Target) -> Path:
     return Path("runs") / f"{target.model_name or target.genotype.name}-{target.dataset}"
 
 
+def _recipe(help: str, shown: str = "the paper's"):
+    """An option that overrides one field of the paper's recipe."""
+    return typer.Option(None, help=help, show_default=shown)
+
+
 def train_command(
     name: str = typer.Argument(..., help="zoo model or genotype name, or a genotype file"),
     dataset: str = typer.Option(..., help=f"one of {', '.join(IMAGE_SOURCES + TEXT_DATASETS)}"),
     data_dir: Path = typer.Option(Path("data"), help="where the dataset lies (standard layouts)"),
-    out: Optional[Path] = typer.Option(None, help="run directory (default runs/NAME-DATASET)"),
+    out: Optional[Path] = typer.Option(None, help="run directory", show_default="runs/NAME-DATASET"),
     resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),
-    download: bool = typer.Option(False, help="download CIFAR with torchvision first"),
-    config: Optional[Path] = typer.Option(None, help="JSON file of training fields to override"),
-    epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
-    learning_rate: Optional[float] = typer.Option(None), lr_scheduler: Optional[str] = typer.Option(None),
-    momentum: Optional[float] = typer.Option(None), weight_decay: Optional[float] = typer.Option(None),
-    grad_clip: Optional[float] = typer.Option(None), label_smooth: Optional[float] = typer.Option(None),
-    auxiliary_weight: Optional[float] = typer.Option(None), drop_path_prob: Optional[float] = typer.Option(None),
-    cutout_length: Optional[int] = typer.Option(None), init_channels: Optional[int] = typer.Option(None),
-    layers: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
-    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells (bcnn; paper: 2)"),
-    num_workers: Optional[int] = typer.Option(None),
-    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic"),
-    settings: List[str] = typer.Option([], "--set", help="FIELD=VALUE: language-model fields (rnn/train.py names)"),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"),
+    download: bool = typer.Option(False, help="download CIFAR into --data-dir with torchvision first"),
+    config: Optional[Path] = typer.Option(None, help="JSON file of training fields to override", show_default="none"),
+    epochs: Optional[int] = _recipe("training epochs"),
+    batch_size: Optional[int] = _recipe("batch size"),
+    learning_rate: Optional[float] = _recipe("initial learning rate (SGD)"),
+    lr_scheduler: Optional[str] = _recipe("cosine, step (x0.97 per epoch) or linear"),
+    momentum: Optional[float] = _recipe("SGD momentum"),
+    weight_decay: Optional[float] = _recipe("weight decay"),
+    grad_clip: Optional[float] = _recipe("gradient-norm clipping"),
+    label_smooth: Optional[float] = _recipe("label smoothing"),
+    auxiliary_weight: Optional[float] = _recipe("weight of the auxiliary head's loss; 0: no head"),
+    drop_path_prob: Optional[float] = _recipe("drop-path probability, reached linearly at the last epoch"),
+    cutout_length: Optional[int] = _recipe("cutout square side (CIFAR); 0: no cutout"),
+    init_channels: Optional[int] = _recipe("network width C"),
+    layers: Optional[int] = _recipe("cells"),
+    en_layers: Optional[int] = _recipe("the broad network's enhancement cells (bcnn)", "the paper's 2"),
+    seed: Optional[int] = _recipe("random seed", "0"),
+    num_workers: Optional[int] = _recipe("data-loading worker processes", "2"),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic", show_default="off",
+                                                 help="deterministic algorithms: a resumed run repeats the losses"),
+    settings: List[str] = typer.Option([], "--set", help="FIELD=VALUE: language-model fields (rnn/train.py names)",
+                                       show_default="none"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ...", show_default="cuda when available"),
+    threads: int = threads_option(),
 ) -> None:
-    """Train with the paper's evaluation recipe; every field can be overridden (flags, then --config).
+    """Train with the paper's evaluation recipe; every field can be overridden (flags win over --config).
 
     --resume continues with the run's saved settings; it may raise --epochs and change --num-workers."""
+    set_threads(threads)
     if dataset in TEXT_DATASETS:
         overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, seed=seed).items() if v is not None}
         lm.train_language_model(name, dataset, data_dir, out or Path("runs") / f"{name}-{dataset}", resume,
@@ -90,40 +108,51 @@ def train_command(
         log = Console(stderr=True)
         train(target, recipe, DataSpec(dataset, data_dir, download), out, resume, device=device,
               log=lambda message: log.print(message, highlight=False, markup=False, soft_wrap=True))
+    except MissingDataError as e:
+        raise fail(f"{e}{', or pass --download' if dataset.startswith('cifar') else ''}") from None
     except (DatasetError, CheckpointError, OutputError, ValueError, PermissionError, FloatingPointError) as e:
         raise fail(str(e)) from None
     except OSError as e:
         raise fail(f"{e.filename or out}: {e.strerror}") from None
 
 
-def _load_model(target: Target, checkpoint: Optional[Path], pretrained: bool, num_classes: Optional[int]):
-    """The network to evaluate: from a checkpoint (its run's width and depth), the Hub, or as built."""
+def _load_model(target: Target, checkpoint: Optional[Path], pretrained: bool,
+                num_classes: Optional[int]) -> Tuple[torch.nn.Module, TrainConfig]:
+    """The network to evaluate and the recipe that sized it: from a checkpoint (its run's width and depth),
+    the Hub, or as built."""
+    recipe = recipe_for(target)
     if checkpoint is not None:
-        return load_trained(target, checkpoint, recipe_for(target), num_classes)
+        return load_trained(target, checkpoint, recipe, num_classes)
     if pretrained:
         if target.model_name is None:
             raise ValueError(f"{target.genotype.name} has no zoo model for {target.dataset}; pass --checkpoint")
         import timm
 
         tag = DATASET_TAGS["imagenet" if target.dataset == "folder" else target.dataset]
-        return timm.create_model(f"{target.model_name}.{tag}", pretrained=True)
-    return target.build(recipe_for(target), num_classes)
+        return timm.create_model(f"{target.model_name}.{tag}", pretrained=True), recipe
+    return target.build(recipe, num_classes), recipe
 
 
 def evaluate_command(
     name: str = typer.Argument(..., help="zoo model or genotype name, or a genotype file"),
     dataset: str = typer.Option(..., help=f"one of {', '.join(IMAGE_SOURCES + TEXT_DATASETS)}"),
-    data_dir: Optional[Path] = typer.Option(None, help="where the dataset lies; omit with --no-accuracy"),
-    checkpoint: Optional[Path] = typer.Option(None, help="a run's checkpoint directory or a .safetensors file"),
+    data_dir: Optional[Path] = typer.Option(None, help="where the dataset lies; not needed with --no-accuracy",
+                                            show_default="none"),
+    checkpoint: Optional[Path] = typer.Option(None, help="a run's checkpoint directory or a .safetensors file",
+                                              show_default="none: random weights"),
     pretrained: bool = typer.Option(False, help="the published weights of the model (Hub)"),
     accuracy: bool = typer.Option(True, "--accuracy/--no-accuracy", help="evaluate on the test split"),
     speed: bool = typer.Option(True, "--speed/--no-speed", help="measure latency (batch 1) and throughput (64)"),
     fast: bool = typer.Option(False, help="folded batch norm + channels-last for the speed figures"),
-    batch_size: int = typer.Option(128), num_workers: int = typer.Option(2),
-    json_path: Optional[str] = typer.Option(None, "--json", help="write the result as JSON to PATH, or - for stdout"),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"),
+    batch_size: int = typer.Option(128, help="batch size of the accuracy pass"),
+    num_workers: int = typer.Option(2, help="data-loading worker processes"),
+    json_path: Optional[str] = typer.Option(None, "--json", help="write the result as JSON to PATH, or - for stdout",
+                                            show_default="none"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ...", show_default="cuda when available"),
+    threads: int = threads_option(),
 ) -> None:
     """Top-1/top-5 error, loss, params, FLOPs, latency and throughput (perplexity and tokens/s for ptb/wt2)."""
+    set_threads(threads)
     if dataset in TEXT_DATASETS:
         if data_dir is None:
             raise fail(f"{dataset}: no --data-dir given; point it at the corpus files")
@@ -132,22 +161,23 @@ def evaluate_command(
     target = resolve_target(name, dataset)
     try:
         device = device_for_run(device)
-        model = _load_model(target, checkpoint, pretrained, None)
+        model, recipe = _load_model(target, checkpoint, pretrained, None)
         input_size = tuple(model.pretrained_cfg["input_size"])
         result = dict(model=target.model_name, genotype=target.genotype.name, network=target.network,
-                      dataset=dataset, checkpoint=str(checkpoint) if checkpoint else None, device=device_name(device),
-                      **model_figures(model, input_size))
+                      C=recipe.init_channels, layers=recipe.layers, dataset=dataset,
+                      checkpoint=str(checkpoint) if checkpoint else None, device=device_name(device),
+                      threads=torch.get_num_threads(), **model_figures(model, input_size))
         if accuracy:
             if data_dir is None:
-                raise DatasetError(f"{dataset}: no --data-dir given; point it at the dataset (or pass --download "
-                                   "to train, or --no-accuracy to measure params, FLOPs and speed only)")
+                raise DatasetError(f"{dataset}: no --data-dir given; point it at the dataset, or pass --no-accuracy "
+                                   "to measure params, FLOPs and speed only")
             test_set = build_dataset(DataSpec(dataset, data_dir), model.pretrained_cfg, train=False)
             model.to(device)
             result.update(evaluate_loader(model, make_loader(test_set, batch_size, False, num_workers), device))
         if speed:
             result.update(measure_speed(model, input_size, device, fast), fast=fast)
-        result["reported"] = reported_figures(target.genotype, "imagenet" if dataset == "folder" else dataset,
-                                              target.network)
+        result.update(paper_figures(target.genotype, "imagenet" if dataset == "folder" else dataset, target.network,
+                                    recipe.init_channels, recipe.layers))
     except (DatasetError, CheckpointError, ValueError) as e:
         raise fail(str(e)) from None
     if json_path:
@@ -169,16 +199,23 @@ def _write_result(result: dict, json_path: str) -> None:
 
 
 def _print_result(result: dict) -> None:
-    reported = result["reported"] or {}
-    table = Table(title=f"{result['model'] or result['genotype']} on {result['dataset']} ({result['device']})")
-    table.add_column("")
-    table.add_column("measured", justify="right")
-    table.add_column("reported", justify="right")
+    # the heading is a line, not the table's title: it wraps between words, not inside them
+    console.print(f"{result['model'] or result['genotype']} ({result['network']} network, C={result['C']}, "
+                  f"{result['layers']} cells) on {result['dataset']}; {result['device']}", highlight=False)
+    paper = result["paper_network"]
+    if result["reported"] is None and paper is not None:
+        console.print(f"not the paper's size: its figures (C={paper['C']}, {paper['layers']} cells) are left out",
+                      highlight=False)
+    columns = ["", "measured"] + (["paper"] if result["reported"] is not None else [])
+    table = Table()
+    for column in columns:
+        table.add_column(column, justify="right" if column else "left")
     macs = next(iter(result["flops"].values()))
 
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
+    reported = result["reported"] or {}
     rows = [("top-1 error %", result.get("top1_error"), reported.get("test_error", reported.get("top1_error")), ".2f"),
             ("top-5 error %", result.get("top5_error"), reported.get("top5_error"), ".2f"),
             ("loss", result.get("loss"), None, ".4f"),
@@ -186,6 +223,6 @@ def _print_result(result: dict) -> None:
             ("mult-adds (M)", macs / 1e6, reported.get("mult_adds_M"), ".1f"),
             ("latency, batch 1 (ms)", result.get("latency_ms_batch1"), None, ".2f"),
             ("throughput, batch 64 (img/s)", result.get("throughput_batch64"), None, ".1f")]
-    for label, measured, paper, spec in rows:
-        table.add_row(label, fmt(measured, spec), fmt(paper, spec))
-    Console().print(table)
+    for label, measured, paper_value, spec in rows:
+        table.add_row(*[label, fmt(measured, spec), fmt(paper_value, spec)][:len(columns)])
+    console.print(table)

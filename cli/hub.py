@@ -14,10 +14,11 @@ from nas_zoo.download import WEIGHTS_NAME, sha256_of
 from nas_zoo.genotype import DATASETS, GenotypeError, load_genotype
 from nas_zoo.hub import WeightsTarget, evaluation_problem, push_folder, save_pretrained
 from nas_zoo.lm import convert_language_model
+from nas_zoo.threads import set_threads
 from nas_zoo.zoo import DATASET_TAGS, GENOTYPE_MODEL, ModelSpec, find_model
 
 from .lm import lm_errors
-from .output import fail
+from .output import fail, threads_option
 
 TAG_DATASETS = {tag: dataset for dataset, tag in DATASET_TAGS.items()}
 
@@ -74,13 +75,18 @@ def convert_command(
     path: Path = typer.Argument(..., help="the authors' checkpoint (.pt/.pth/.pth.tar, or .safetensors)"),
     model: str = typer.Option(..., help="zoo model (gdas_v1, gdas_v1.cifar10), genotype, or genotype file"),
     out: Path = typer.Option(..., help="the weights folder to write (model.safetensors, config.json, README.md)"),
-    dataset: Optional[str] = typer.Option(None, help="what it was trained on (default: from the tag or classes)"),
-    network: Optional[str] = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet"),
-    C: Optional[int] = typer.Option(None, "--C", help="initial channels, if not the paper's"),
-    layers: Optional[int] = typer.Option(None, help="cells, if not the paper's"),
-    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells, if not the paper's 2"),
+    dataset: Optional[str] = typer.Option(None, help="what it was trained on",
+                                           show_default="from the tag or classes"),
+    network: Optional[str] = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet",
+                                           show_default="its first evaluation's"),
+    C: Optional[int] = typer.Option(None, "--C", help="initial channels", show_default="the paper's"),
+    layers: Optional[int] = typer.Option(None, help="cells", show_default="the paper's"),
+    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells",
+                                            show_default="the paper's 2"),
+    threads: int = threads_option(),
 ) -> None:
     """Convert an authors' released checkpoint into nas-zoo's weights folder (loadable with local-dir:OUT)."""
+    set_threads(threads)
     if family not in LAYOUTS:
         raise fail(f"--from {family!r} is not one of: {', '.join(LAYOUTS)}")
     try:
@@ -129,15 +135,21 @@ def push_command(
     checkpoint: Path = typer.Option(..., help="nas-zoo weights: a .safetensors file, a run's checkpoint directory "
                                               "or a converted folder"),
     repo_id: str = typer.Option(..., help="the Hub repository, ORG/REPO"),
-    evaluation: Optional[Path] = typer.Option(None, "--eval", help="`nas-zoo evaluate --json` output for the card"),
-    dataset: Optional[str] = typer.Option(None, help="what it was trained on (default: from the tag or classes)"),
-    network: Optional[str] = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet"),
-    C: Optional[int] = typer.Option(None, "--C", help="initial channels, if not the paper's"),
-    layers: Optional[int] = typer.Option(None, help="cells, if not the paper's"),
-    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells, if not the paper's 2"),
+    evaluation: Optional[Path] = typer.Option(None, "--eval", help="`nas-zoo evaluate --json` output for the card",
+                                             show_default="none"),
+    dataset: Optional[str] = typer.Option(None, help="what it was trained on",
+                                           show_default="from the tag or classes"),
+    network: Optional[str] = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet",
+                                           show_default="its first evaluation's"),
+    C: Optional[int] = typer.Option(None, "--C", help="initial channels", show_default="the paper's"),
+    layers: Optional[int] = typer.Option(None, help="cells", show_default="the paper's"),
+    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells",
+                                            show_default="the paper's 2"),
     private: bool = typer.Option(False, help="create the repository private"),
+    threads: int = threads_option(),
 ) -> None:
     """Upload weights to the Hub as model.safetensors + config.json + README.md (token: HF_TOKEN or login)."""
+    set_threads(threads)
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise fail(f"--repo-id {repo_id!r} is not ORG/REPO")
     file = checkpoint / WEIGHTS_NAME if checkpoint.is_dir() else checkpoint

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import torch
 from rich.console import Console
 
 from nas_zoo.checkpoint import CheckpointError, OutputError
@@ -49,7 +50,7 @@ def evaluate_language_model(model: str, dataset: str, data_dir: Path, checkpoint
             result = evaluate_checkpoint(checkpoint, corpus)
             if result["model"] != name:
                 raise LMError(f"{checkpoint} holds a {result['model']} model, not {name}")
-    result["checkpoint"] = None if checkpoint is None else str(checkpoint)
+    result.update(checkpoint=None if checkpoint is None else str(checkpoint), threads=torch.get_num_threads())
     return result
 
 

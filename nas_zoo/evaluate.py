@@ -3,7 +3,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 from torch import nn
@@ -45,7 +45,8 @@ def device_name(device: torch.device) -> str:
                   if line.startswith("model name")]
     except OSError:
         models = []
-    return f"{models[0] if models else platform.machine()} (CPU, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{models[0] if models else platform.machine()} (CPU, {threads} thread{'' if threads == 1 else 's'})"
 
 
 def model_figures(model: nn.Module, input_size) -> Dict[str, Any]:
@@ -53,6 +54,11 @@ def model_figures(model: nn.Module, input_size) -> Dict[str, Any]:
     return dict(params=count_params(model), flops=count_flops(model, input_size).conventions())
 
 
-def reported_figures(genotype, dataset: str, network: str) -> Optional[Dict[str, Any]]:
+def paper_figures(genotype, dataset: str, network: str, C: int, layers: int) -> Dict[str, Any]:
+    """The paper's reported figures on ``dataset`` and the network size they belong to; the figures are
+    None for a network of another size (C, layers), which they do not describe."""
     setting = genotype.evaluation(dataset, network)
-    return dict(setting["reported"]) if setting and "reported" in setting else None
+    if not setting or "reported" not in setting:
+        return dict(reported=None, paper_network=None)
+    paper = dict(C=setting.get("C"), layers=setting.get("layers"))
+    return dict(reported=dict(setting["reported"]) if paper == dict(C=C, layers=layers) else None, paper_network=paper)

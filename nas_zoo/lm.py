@@ -242,7 +242,7 @@ class _Averaged:
 
 def _run_info(name: str, dataset: str, genotype: RecurrentGenotype, corpus: Corpus, config: LMConfig) -> Dict:
     return dict(model=name, dataset=dataset, genotype=genotype.to_dict(), vocabulary=corpus.words,
-                config=dataclasses.asdict(config))
+                config=dataclasses.asdict(config), threads=torch.get_num_threads())
 
 
 def train_lm(name: str, genotype: RecurrentGenotype, corpus: Corpus, out: Path, setting: Dict[str, Any],
