@@ -12,8 +12,8 @@ from typer.core import TyperCommand, TyperGroup
 
 from nas_zoo.checkpoint import CheckpointError, OutputError
 from nas_zoo.data import DatasetError
-from nas_zoo.search import ALGORITHMS, Search, SearchAlgorithm, SearchConfig
-from nas_zoo.search.algorithm import LOOP_DEFAULTS
+from nas_zoo.search import ALGORITHMS, Option, SearchAlgorithm, SearchConfig, new_search
+from nas_zoo.search.algorithm import LOOP_DEFAULTS, PTB_DEFAULTS
 from nas_zoo.threads import AUTO, set_threads
 
 from .output import THREADS_HELP, console, fail
@@ -73,12 +73,22 @@ def _loop_options(algorithm: Type[SearchAlgorithm], stages: bool) -> list:
     def paper(name: str, help: str) -> inspect.Parameter:
         return _option(name, None, help, int, _paper_default(algorithm, name, None))
 
+    datasets = ["cifar10, cifar100 (the standard python layout)"]
+    datasets += ["imagenet (class folders DATA_DIR/train/CLASS/*)"] if algorithm.imagenet else []
+    datasets += ["ptb (a recurrent cell on Penn Treebank, ptb.{train,valid,test}.txt; loop defaults then "
+                 "rnn/train_search.py's: batch 256, lr 20, clip 0.25, arch-lr 3e-3)"] if algorithm.ptb is not None else []
+    text = [
+        _option("nhid", None, "ptb: embedding and hidden size", int, _text(PTB_DEFAULTS["nhid"])),
+        _option("bptt", None, "ptb: BPTT window", int, _text(PTB_DEFAULTS["bptt"])),
+        _option("dropouts", None, "ptb: output, hidden, input, embedding-output and embedding-word dropouts", str,
+                _text(PTB_DEFAULTS["dropouts"])),
+        _option("max_batches", 0, "ptb: windows per epoch (0: the whole training split)", int),
+    ] if algorithm.ptb is not None else []
     return [
-        _option("dataset", "cifar10", "cifar10, cifar100 (the standard python layout) or imagenet (class "
-                                      "folders DATA_DIR/train/CLASS/*)" if algorithm.imagenet else
-                                      "cifar10 or cifar100 (the standard python layout)", str),
+        _option("dataset", "cifar10", " or ".join(datasets), str),
         _option("data_dir", Path("data"), "folder holding cifar-10-batches-py / cifar-100-python"
-                                          + (" / train (imagenet)" if algorithm.imagenet else ""), Path),
+                                          + (" / train (imagenet)" if algorithm.imagenet else "")
+                                          + (" / the ptb files" if algorithm.ptb is not None else ""), Path),
         paper("epochs", f"search epochs{per_stage}"),
         paper("batch_size", "batch size of the weights' and alpha's steps"),
         _option("init_channels", 16, "supernet width C", int),
@@ -88,6 +98,7 @@ def _loop_options(algorithm: Type[SearchAlgorithm], stages: bool) -> list:
         _option("num_workers", 2, "data-loading worker processes", int),
         _option("channels_last", True, "activations in NHWC (same math; faster on CPU)", bool),
         _option("device", None, "cpu, cuda, cuda:1 ... (default: cuda when available)", Optional[str]),
+        *text,
         _option("resume", False, "continue from OUT/checkpoint", bool),
         _option("out", Path("search-out"), "output folder", Path),
         _option("threads", AUTO, THREADS_HELP, int),
@@ -115,20 +126,20 @@ def _search(name: str, algorithm: Type[SearchAlgorithm], values: Dict[str, Any])
         settings = {o.name: o.parse(given[o.name]) if isinstance(o.default, tuple) else given[o.name]
                     for o in algorithm.options if given[o.name] is not None}
         method = algorithm(**settings)  # options left unset follow the paper on the dataset searched
+        if values.get("dropouts") is not None:
+            values["dropouts"] = Option("dropouts", (0.0,), "").parse(values["dropouts"])
         config = SearchConfig(**{k: str(v) if k == "data_dir" else v for k, v in values.items() if v is not None})
         if not resume and (out / "checkpoint").exists():
             raise fail(f"{out} holds a search already; pass --resume to continue it or choose another --out")
-        search = Search(method, config, out)
+        search = new_search(method, config, out)
         if resume and not search.resume():
             raise fail(f"--resume: no checkpoint in {out / 'checkpoint'}; run without --resume to start")
         record = search.run()
     except (DatasetError, CheckpointError, OutputError, ValueError) as e:
         raise fail(str(e)) from None
-    last = record["epochs"][-1] if record["epochs"] else {}
     epochs = f"{record['epochs_done']} epoch{'' if record['epochs_done'] == 1 else 's'}"
-    console.print(f"{record['algorithm']}: {epochs}, train {last.get('train_acc', 0):.1f}% "
-                  f"valid {last.get('valid_acc', 0):.1f}%, {record['skip_connections_normal']} skip-connections "
-                  f"in the normal cell; wrote {out / 'genotype.json'} and {out / 'search.json'}", highlight=False)
+    console.print(f"{record['algorithm']}: {epochs}, {search.outcome(record)}; wrote {out / 'genotype.json'} and "
+                  f"{out / 'search.json'}", highlight=False)
 
 
 for _name, _algorithm in ALGORITHMS.items():

@@ -194,6 +194,14 @@ def _sequence_length(config: LMConfig) -> int:
     return min(max(5, int(random.gauss(bptt, 5))), config.bptt + config.max_seq_len_delta)
 
 
+def window_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, hidden: Optional[torch.Tensor],
+                beta: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cross-entropy, cross-entropy + beta * TAR, the cell's outputs) of one window from state ``hidden``."""
+    logits, outputs = model(inputs, hidden)
+    raw_loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+    return raw_loss, raw_loss + beta * (outputs[1:] - outputs[:-1]).pow(2).mean(), outputs
+
+
 def train_epoch(model: RNNModel, optimizer: torch.optim.Optimizer, data: torch.Tensor, config: LMConfig,
                 progress: Optional[Progress] = None, task=None) -> float:
     """One pass over the batchified training split (or ``max_batches`` of it); returns the mean loss."""
@@ -201,11 +209,8 @@ def train_epoch(model: RNNModel, optimizer: torch.optim.Optimizer, data: torch.T
     hidden, i, batches, total = None, 0, 0, 0.0
     while i < data.size(0) - 2 and batches < (config.max_batches or math.inf):
         seq_len = _sequence_length(config)
-        inputs, targets = get_batch(data, i, seq_len)
-        logits, outputs = model(inputs, hidden)
+        raw_loss, loss, outputs = window_loss(model, *get_batch(data, i, seq_len), hidden, config.beta)
         hidden = outputs[-1].detach()  # truncated BPTT: the state flows on, its gradient does not
-        raw_loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
-        loss = raw_loss + config.beta * (outputs[1:] - outputs[:-1]).pow(2).mean()
         if not math.isfinite(raw_loss.item()):
             raise LMError(f"training diverged (loss {raw_loss.item()}) at batch {batches}; resume from the last "
                           f"checkpoint with a lower lr or clip")

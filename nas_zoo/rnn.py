@@ -14,7 +14,7 @@ The cell computes, per time step t (DARTS Sec. 2.1, "recurrent cell"; ENAS's hig
 What differs from the original is only how the same arithmetic is scheduled: the input half of W_0 is
 applied to all time steps in one matmul, and the steps that read the same state share one matmul.
 """
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +101,37 @@ class DARTSCell(nn.Module):
         return torch.stack(outputs)
 
 
-class RNNModel(nn.Module):
+class TiedLanguageModel:
+    """The ends of the DARTS language model (rnn/model.py), around any cell: the embedding with embedding and
+    locked dropout, and the decoder tied to the embedding. Shared by ``RNNModel`` and the search supernet."""
+
+    def init_ends(self, ntoken: int, nhid: int, dropout: float, dropouti: float, dropoute: float,
+                  make_cell: Callable[[], nn.Module]) -> None:
+        """The embedding, then ``self.cell = make_cell()``, then the decoder (the original's order of RNG use)."""
+        self.ntoken, self.nhid = ntoken, nhid
+        self.dropout, self.dropouti, self.dropoute = dropout, dropouti, dropoute
+        self.encoder = nn.Embedding(ntoken, nhid)  # ninp == nhid == nhidlast, asserted by the original
+        self.cell = make_cell()
+        # The decoder's weight *is* the embedding (weight tying, counted once); only its bias is its own.
+        self.decoder_bias = nn.Parameter(torch.zeros(ntoken))
+        nn.init.uniform_(self.encoder.weight, -INIT_RANGE, INIT_RANGE)
+
+    def init_hidden(self, batch_size: int) -> torch.Tensor:
+        return self.decoder_bias.new_zeros(batch_size, self.nhid)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(T, B) token ids -> the cell's (T, B, nhid) inputs."""
+        weight = self.encoder.weight
+        if self.training and self.dropoute:  # embedding dropout: drop whole words, for the whole batch
+            weight = weight * dropout_mask(weight, (self.ntoken, 1), self.dropoute)
+        return locked_dropout(F.embedding(tokens, weight), self.dropouti, self.training)
+
+    def decode(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The cell's (T, B, nhid) outputs -> logits (T, B, ntoken)."""
+        return F.linear(locked_dropout(outputs, self.dropout, self.training), self.encoder.weight, self.decoder_bias)
+
+
+class RNNModel(TiedLanguageModel, nn.Module):
     """DARTS language model: embedding -> DARTS cell -> decoder tied to the embedding (rnn/model.py RNNModel).
 
     ``forward(tokens, hidden)`` takes (T, B) token ids and the previous state (B, nhid) (None: zeros) and
@@ -112,25 +142,12 @@ class RNNModel(nn.Module):
     def __init__(self, genotype: RecurrentGenotype, ntoken: int, nhid: int = 850, dropout: float = 0.75,
                  dropouth: float = 0.25, dropoutx: float = 0.75, dropouti: float = 0.2, dropoute: float = 0.1):
         super().__init__()
-        self.genotype, self.ntoken, self.nhid = genotype, ntoken, nhid
-        self.dropout, self.dropouti, self.dropoute = dropout, dropouti, dropoute
-        self.encoder = nn.Embedding(ntoken, nhid)  # ninp == nhid == nhidlast, asserted by the original
-        self.cell = DARTSCell(genotype, nhid, nhid, dropoutx=dropoutx, dropouth=dropouth)
-        # The decoder's weight *is* the embedding (weight tying, counted once); only its bias is its own.
-        self.decoder_bias = nn.Parameter(torch.zeros(ntoken))
-        nn.init.uniform_(self.encoder.weight, -INIT_RANGE, INIT_RANGE)
-
-    def init_hidden(self, batch_size: int) -> torch.Tensor:
-        return self.decoder_bias.new_zeros(batch_size, self.nhid)
+        self.genotype = genotype
+        self.init_ends(ntoken, nhid, dropout, dropouti, dropoute,
+                       lambda: DARTSCell(genotype, nhid, nhid, dropoutx=dropoutx, dropouth=dropouth))
 
     def forward(self, tokens: torch.Tensor, hidden: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-        weight = self.encoder.weight
-        if self.training and self.dropoute:  # embedding dropout: drop whole words, for the whole batch
-            weight = weight * dropout_mask(weight, (self.ntoken, 1), self.dropoute)
-        emb = locked_dropout(F.embedding(tokens, weight), self.dropouti, self.training)
         hidden = self.init_hidden(tokens.size(1)) if hidden is None else hidden
-        outputs = self.cell(emb, hidden)
-        logits = F.linear(locked_dropout(outputs, self.dropout, self.training), self.encoder.weight,
-                          self.decoder_bias)
-        return logits, outputs
+        outputs = self.cell(self.embed(tokens), hidden)
+        return self.decode(outputs), outputs

@@ -58,7 +58,8 @@ def test_search_writes_a_genotype_and_its_record(tiny_cifar, tmp_path, algorithm
         assert [e["tau"] for e in record["epochs"]] == pytest.approx([10.0, 0.1])
     # the record says what the run used: the algorithm's own settings and the filled-in loop settings
     expected_options = {"darts": {"order": 2 if "2nd" in label else 1}, "pc-darts": {"k": 4},
-                        "gdas": {"frc": label == "gdas_frc", "tau_max": 10.0, "tau_min": 0.1}}[algorithm]
+                        "gdas": {"frc": label == "gdas_frc", "tau_max": 10.0, "tau_min": 0.1,
+                                 "soft": False}}[algorithm]
     assert record["options"] == expected_options and "options" not in record["config"]
     assert record["config"]["arch_warmup"] == (1 if algorithm == "pc-darts" else 0)
     assert record["config"]["lr"] == (0.1 if algorithm == "pc-darts" else 0.025)

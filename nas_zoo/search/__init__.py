@@ -1,5 +1,6 @@
 """``nas-zoo search``: the shared search machinery (``supernet``, ``bilevel``, ``algorithm``, ``loop``) and
 the algorithms built on it, one file each. Adding an algorithm is one file and one line in ``ALGORITHMS``."""
+from ..genotype import TEXT_DATASETS
 from .algorithm import Option, SearchAlgorithm, SearchConfig, with_defaults
 from .b_pc_darts import BPcDarts
 from .bdarts import BDarts
@@ -10,12 +11,22 @@ from .gdas import Gdas, GumbelHard
 from .loop import Search
 from .pc_darts import PartialChannels, PcDarts
 from .pdarts import Pdarts
+from .recurrent import LanguageSearch, RecurrentSupernet
 from .supernet import Architecture, Mix, MixedEdge, SearchCell, SearchNetwork, Softmax
 
 #: CLI name -> algorithm class
 ALGORITHMS = {"darts": Darts, "gdas": Gdas, "pc-darts": PcDarts, "pdarts": Pdarts, "b-darts": BDarts,
               "b-pc-darts": BPcDarts}
 
-__all__ = ["ALGORITHMS", "Architecture", "BDarts", "BPcDarts", "BiLevel", "BroadSearchNetwork", "Darts", "Gdas", "GumbelHard", "Mix", "MixedEdge", "Option",
-           "PartialChannels", "PcDarts", "Pdarts", "Search", "SearchAlgorithm", "SearchCell", "SearchConfig",
-           "SearchNetwork", "Softmax", "with_defaults"]
+
+
+def new_search(algorithm: SearchAlgorithm, config: SearchConfig, out, progress: bool = True) -> Search:
+    """The run for ``config.dataset``: a recurrent cell as a language model on a text corpus, else a CNN."""
+    kind = LanguageSearch if config.dataset in TEXT_DATASETS else Search
+    return kind(algorithm, config, out, progress)
+
+
+__all__ = ["ALGORITHMS", "Architecture", "BDarts", "BPcDarts", "BiLevel", "BroadSearchNetwork", "Darts", "Gdas",
+           "GumbelHard", "LanguageSearch", "Mix", "MixedEdge", "Option", "PartialChannels", "PcDarts", "Pdarts",
+           "RecurrentSupernet", "Search", "SearchAlgorithm", "SearchCell", "SearchConfig", "SearchNetwork", "Softmax",
+           "new_search", "with_defaults"]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .bilevel import frozen
-from .supernet import SearchNetwork, node_slices
+from .supernet import SearchNetwork, Softmax, Supernet, node_slices
 
 if TYPE_CHECKING:
     from .bilevel import Batch, BiLevel
@@ -39,25 +39,36 @@ class SearchConfig:
     train_portion: float = 0.5
     lr: Optional[float] = None
     lr_min: Optional[float] = None
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
+    momentum: Optional[float] = None
+    weight_decay: Optional[float] = None
+    grad_clip: Optional[float] = None
     arch_lr: Optional[float] = None
-    arch_betas: Tuple[float, float] = (0.5, 0.999)
-    arch_weight_decay: float = 1e-3
+    arch_betas: Optional[Tuple[float, float]] = None
+    arch_weight_decay: Optional[float] = None
     arch_warmup: Optional[int] = None  # epochs (of each stage) of weights-only training before alpha moves
     arch_grad_clip: Optional[float] = None  # clip alpha's gradient norm (0: no clipping)
     lr_warmup: Optional[int] = None  # epochs of linear learning-rate warm-up before the cosine schedule
+    # language-model searches (``--dataset ptb``): width, BPTT length, the five dropouts (output, hidden,
+    # input, embedding output, embedding words), temporal activation regularisation, batches per epoch (0: all)
+    nhid: Optional[int] = None
+    bptt: Optional[int] = None
+    dropouts: Optional[Tuple[float, float, float, float, float]] = None
+    tar: Optional[float] = None
+    max_batches: int = 0
     num_workers: int = 2
     channels_last: bool = True  # activations in NHWC: same math, faster depthwise convolutions on CPU
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
 
     def check(self) -> None:
         """Refuse settings no supernet can run, with the flag to change."""
-        for name in ("epochs", "batch_size", "init_channels", "layers"):
+        for name in ("epochs", "batch_size", "init_channels", "layers", "nhid", "bptt", "max_batches"):
             value = getattr(self, name)
-            if value < (0 if name == "epochs" else 1):
+            if value is None:
+                continue
+            if value < (0 if name in ("epochs", "max_batches") else 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.dropouts is not None and (len(self.dropouts) != 5 or any(not 0 <= p < 1 for p in self.dropouts)):
+            raise ValueError(f"--dropouts {','.join(map(str, self.dropouts))}: expected 5 probabilities in [0, 1)")
         if self.init_channels % 4:
             raise ValueError(f"--init-channels {self.init_channels}: use a multiple of 4 (partial channels and "
                              "factorized reductions split the channels)")
@@ -70,8 +81,15 @@ class SearchConfig:
 
 
 #: Defaults of the bi-level loop (DARTS's ``train_search.py``); an algorithm overrides its paper's.
-LOOP_DEFAULTS = dict(epochs=50, batch_size=64, layers=8, lr=0.025, lr_min=0.001, arch_lr=3e-4, arch_warmup=0,
+LOOP_DEFAULTS = dict(epochs=50, batch_size=64, layers=8, lr=0.025, lr_min=0.001, momentum=0.9, weight_decay=3e-4,
+                     grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3, arch_warmup=0,
                      arch_grad_clip=0.0, lr_warmup=0)
+#: The recurrent-cell search on PTB (DARTS ``rnn/train_search.py``, Sec. 3.2 / A.1.2): plain SGD at a constant
+#: lr 20 (scaled by the window's length), clip 0.25, weight decay 5e-7; alpha by Adam 3e-3 (PyTorch's betas,
+#: weight decay 1e-3); width 300, BPTT 35, the DARTS dropouts, TAR 1e-3. GDAS's RNN search kept them.
+PTB_DEFAULTS = dict(epochs=50, batch_size=256, lr=20.0, lr_min=20.0, momentum=0.0, weight_decay=5e-7, grad_clip=0.25,
+                    arch_lr=3e-3, arch_betas=(0.9, 0.999), arch_weight_decay=1e-3, nhid=300, bptt=35,
+                    dropouts=(0.75, 0.25, 0.75, 0.2, 0.0), tar=1e-3)
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,8 @@ class SearchAlgorithm:
     evaluation = dict(network="cifar", C=36, layers=20)
     #: the paper's ImageNet search, if it has one: loop settings, options and ``evaluation`` over the above
     imagenet: Optional[Dict[str, Any]] = None
+    #: the paper's recurrent-cell search on PTB, if it has one: what differs from ``PTB_DEFAULTS``
+    ptb: Optional[Dict[str, Any]] = None
     stages = 1
 
     def __init__(self, **settings):
@@ -122,6 +142,13 @@ class SearchAlgorithm:
 
     def paper(self, dataset: str) -> Dict[str, Any]:
         """The paper's settings for a search on ``dataset``: loop settings, option values, ``evaluation``."""
+        if dataset == "wt2":
+            raise ValueError("--dataset wt2: the papers search recurrent cells on ptb and transfer them to wt2; "
+                             "use --dataset ptb")
+        if dataset == "ptb":
+            if self.ptb is None:
+                raise ValueError(f"--dataset ptb: {self.name}'s paper has no recurrent-cell search; use darts or gdas")
+            return {**LOOP_DEFAULTS, **PTB_DEFAULTS, "evaluation": {}, **self.ptb}
         if dataset != "imagenet":
             return {**LOOP_DEFAULTS, **self.defaults, "evaluation": self.evaluation}
         if self.imagenet is None:
@@ -178,6 +205,32 @@ class SearchAlgorithm:
         cells = {t: strongest_inputs(model.arch.alphas[t].softmax(-1), model.candidates[t], model.nodes)
                  for t in model.cell_types}
         return cell_fields(cells, model.nodes), {}
+
+    # -- the recurrent cell (``--dataset ptb``, ``recurrent.py``) -----------------------------------------------
+    def recurrent_mixing(self) -> Softmax:
+        """How the recurrent search cell mixes its operations: DARTS eq. 2's softmax."""
+        return Softmax()
+
+    def derive_recurrent(self, model: Supernet) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """The recurrent genotype's fields and the record's notes: DARTS's ``RNNModelSearch.genotype``."""
+        steps = strongest_predecessors(model.arch.alphas["recurrent"].softmax(-1), model.candidates["recurrent"],
+                                       model.nodes)
+        return {"recurrent": [list(s) for s in steps], "concat": list(range(1, model.nodes + 1))}, {}
+
+
+def strongest_predecessors(weights: torch.Tensor, candidates: Sequence[Sequence[str]],
+                           steps: int) -> List[Tuple[str, int]]:
+    """DARTS's recurrent derivation (``rnn/model_search.py``): for each step the one predecessor whose
+    strongest operation other than ``none`` weighs most, with that operation; ties go to the earlier state
+    or operation. ``weights`` is (edges x candidates), step i's rows are the i + 1 states before it."""
+    weights = without_none(weights, candidates)
+    cell, start = [], 0
+    for i in range(steps):
+        rows = weights[start:start + i + 1]
+        j = int(rows.max(-1).values.argmax())
+        cell.append((candidates[start + j][int(rows[j].argmax())], j))
+        start += i + 1
+    return cell
 
 
 def strongest_inputs(weights: torch.Tensor, candidates: Sequence[Sequence[str]], nodes: int) -> List[Tuple[str, int]]:

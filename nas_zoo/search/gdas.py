@@ -14,6 +14,13 @@ batch norm after it, BN + ReLU before the global pooling. Their convolutions bef
 carry biases, which that batch norm's mean subtraction cancels; ours leave them out. With xautodl's weights
 and the same samples our supernet computes xautodl's logits (``benchmarks/test_search_speed.py``). Note that
 xautodl's ``N=2`` builds 6 cells (``--layers 6``), not the 3N+2 = 8 of DARTS's supernet (our default).
+
+Recurrent cells (``--dataset ptb``, the run is ``recurrent.LanguageSearch``): DARTS's recurrent search cell
+with the Gumbel sample of every step's edges, tau annealed linearly from 10 to 1 over 200 epochs (the
+authors' ``scripts-nas-rnn/search-accelerate.sh 0 200 10 1``), the other settings DARTS's
+(``PTB_DEFAULTS``), and DARTS's recurrent derivation. The paper's method is the hard sample (forward one-hot,
+straight-through gradient), our default; the authors' released RNN search mixed every operation with the
+soft sample ``softmax((log_softmax(alpha) + g) / tau)``: ``--soft`` runs that.
 """
 from typing import Any, Dict, List, Mapping, Tuple
 
@@ -38,16 +45,27 @@ class GumbelHard(Softmax):
     def __init__(self, tau: float = 10.0):
         self.tau = tau
 
-    def __call__(self, params: Mapping[str, torch.Tensor], nodes: int) -> Mix:
-        alpha = params["alphas"]
+    def soft_sample(self, alpha: torch.Tensor) -> torch.Tensor:
+        """softmax((log softmax(alpha) + g) / tau), Gumbel noise g drawn per row."""
         while True:  # resample on the (rare) overflow, as the authors do
             gumbels = -torch.empty_like(alpha).exponential_().log()
             probs = ((alpha.log_softmax(-1) + gumbels) / self.tau).softmax(-1)
             if torch.isfinite(gumbels).all() and torch.isfinite(probs).all():
-                break
+                return probs
+
+    def __call__(self, params: Mapping[str, torch.Tensor], nodes: int) -> Mix:
+        alpha = params["alphas"]
+        probs = self.soft_sample(alpha)
         index = probs.argmax(-1)
         hard = F.one_hot(index, alpha.shape[-1]).to(probs) - probs.detach() + probs
         return Mix(hard, index.tolist())
+
+
+class GumbelSoft(GumbelHard):
+    """The authors' released RNN search: every operation, weighted by the soft Gumbel-softmax sample."""
+
+    def __call__(self, params: Mapping[str, torch.Tensor], nodes: int) -> Mix:
+        return Mix(self.soft_sample(params["alphas"]))
 
 
 def gdas_operation(name: str, C: int, stride: int) -> nn.Module:
@@ -89,16 +107,25 @@ class Gdas(SearchAlgorithm):
     defaults = dict(epochs=240, batch_size=64, lr=0.025, lr_min=0.001, arch_lr=3e-4)
     options = (Option("frc", False, "search the normal cell only, with GDAS's fixed reduction cell (GDAS-FRC)"),
                Option("tau_max", 10.0, "Gumbel-softmax temperature at the first epoch"),
-               Option("tau_min", 0.1, "temperature at the last epoch (linear decay)"))
+               Option("tau_min", 0.1, "temperature at the last epoch (linear decay)"),
+               Option("soft", False, "mix every operation by the soft Gumbel-softmax sample (the authors' released "
+                                     "RNN search) instead of computing the hard sample's"))
+    ptb = dict(epochs=200, tau_min=1.0)  # scripts-nas-rnn/search-accelerate.sh: 200 epochs, tau 10 -> 1
 
     @property
     def label(self) -> str:
         return "gdas_frc" if self.frc else "gdas"
 
+    def mixing(self) -> GumbelHard:
+        return (GumbelSoft if self.soft else GumbelHard)(self.tau_max)
+
     def network(self, config: SearchConfig, num_classes: int, stage: int = 0, candidates=None) -> SearchNetwork:
         network = GdasFrcNetwork if self.frc else GdasNetwork
-        return network(config.init_channels, num_classes, config.layers, config.nodes, GumbelHard(self.tau_max),
-                       candidates, operation=gdas_operation)
+        return network(config.init_channels, num_classes, config.layers, config.nodes, self.mixing(), candidates,
+                       operation=gdas_operation)
+
+    def recurrent_mixing(self) -> GumbelHard:
+        return self.mixing()
 
     def start_epoch(self, model: SearchNetwork, config: SearchConfig, stage: int, epoch: int) -> Dict[str, Any]:
         model.mixing.tau = self.tau_max - (self.tau_max - self.tau_min) * epoch / max(config.epochs - 1, 1)

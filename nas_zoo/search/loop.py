@@ -69,7 +69,10 @@ def plain(value: Any) -> Any:
 
 
 class Search:
-    """One search run of ``algorithm`` with ``config``, writing into ``out``."""
+    """One search run of ``algorithm`` with ``config``, writing into ``out``: on images here; on a text
+    corpus ``recurrent.LanguageSearch`` replaces the data, the epoch and the validation (``new_search``)."""
+
+    bilevel_class = BiLevel
 
     def __init__(self, algorithm: SearchAlgorithm, config: SearchConfig, out: Path, progress: bool = True):
         self.config = config = with_defaults(algorithm, config)
@@ -77,7 +80,7 @@ class Search:
         algorithm.for_dataset(config.dataset)
         self.algorithm, self.out, self.progress = algorithm, Path(out), progress
         torch.manual_seed(config.seed)
-        self.data = search_data(config)
+        self.data = self.load_data()
         self.elapsed, self.history, self.stages, self.notes = 0.0, [], [], {}
         self.start_stage(0, None)
 
@@ -85,16 +88,27 @@ class Search:
     def model(self) -> SearchNetwork:
         return self.bilevel.model
 
+    def load_data(self):
+        return search_data(self.config)
+
+    def network(self, stage: int, candidates: Optional[Candidates]) -> SearchNetwork:
+        return self.algorithm.network(self.config, self.data.num_classes, stage, candidates)
+
+    @staticmethod
+    def shape(model: SearchNetwork) -> Dict[str, int]:
+        """The supernet's size as the record notes it."""
+        return {"cells": len(model.cells)}
+
     def start_stage(self, stage: int, candidates: Optional[Candidates]) -> None:
         """A new supernet for ``stage`` on ``candidates``, new optimizers and a new schedule."""
-        model = self.algorithm.network(self.config, self.data.num_classes, stage, candidates).to(self.config.device)
+        model = self.network(stage, candidates).to(self.config.device)
         self.stage, self.epoch = stage, 0
-        self.bilevel = BiLevel(self.algorithm, model, self.config)
+        self.bilevel = self.bilevel_class(self.algorithm, model, self.config)
         if len(self.stages) == stage:  # not a resumed stage
             searched = {t: model.candidates[t] for t in model.cell_types}
-            self.stages.append({"stage": stage, "cells": len(model.cells), **self.algorithm.describe_stage(
-                self.config, stage), "candidates_per_edge": len(searched["normal"][0]), "candidates": searched,
-                "epochs": self.config.epochs, "wall_time_s": 0.0})
+            self.stages.append({"stage": stage, **self.shape(model), **self.algorithm.describe_stage(
+                self.config, stage), "candidates_per_edge": len(searched[model.cell_types[0]][0]),
+                "candidates": searched, "epochs": self.config.epochs, "wall_time_s": 0.0})
 
     # -- epochs ---------------------------------------------------------------------------------------
     def _loader(self, data: Dataset, seed: int, shuffle: bool = True) -> DataLoader:
@@ -154,11 +168,9 @@ class Search:
         self.stages[self.stage]["wall_time_s"] = round(self.stages[self.stage]["wall_time_s"] + took, 3)
         self.epoch += 1
         genotype = self.genotype()
+        cells = {k: v for k, v in genotype.to_dict().items() if k in ("normal", "reduce", "recurrent")}
         self.history.append({"stage": self.stage, "epoch": epoch, "lr": lr, **notes,
-                             **{k: round(v, 4) for k, v in stats.items()},
-                             "genotype": {"normal": [list(e) for e in genotype.normal],
-                                          "reduce": None if genotype.reduce is None
-                                          else [list(e) for e in genotype.reduce]}})
+                             **{k: round(v, 4) for k, v in stats.items()}, "genotype": cells})
         self.save_checkpoint()
         self.write_outputs(genotype)
         return self.history[-1]
@@ -175,7 +187,7 @@ class Search:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         epochs, stages = self.config.epochs, self.algorithm.stages
-        steps = math.ceil(len(self.data.train) / self.config.batch_size)
+        steps = self.steps_per_epoch()
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=Console(stderr=True), disable=not self.progress) as bar:
             task = bar.add_task(self.algorithm.label, total=steps * epochs * stages,
@@ -188,23 +200,46 @@ class Search:
                 done = self.run_epoch(lambda: bar.advance(task))
                 if self.progress:
                     stage = f"stage {self.stage + 1}/{stages} " if stages > 1 else ""
-                    bar.console.print(f"{self.algorithm.label} {stage}epoch {self.epoch}/{epochs}: train "
-                                      f"{done['train_acc']:.1f}% valid {done['valid_acc']:.1f}% (loss "
-                                      f"{done['train_loss']:.3f} / {done['valid_loss']:.3f})", highlight=False)
+                    bar.console.print(f"{self.algorithm.label} {stage}epoch {self.epoch}/{epochs}: "
+                                      f"{self.summary(done)}", highlight=False)
         self.write_outputs(self.genotype())
         return self.record()
 
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.data.train) / self.config.batch_size)
+
+    @staticmethod
+    def summary(stats: Dict[str, Any]) -> str:
+        """An epoch's (or the run's last epoch's) figures, in one line."""
+        return (f"train {stats.get('train_acc', 0):.1f}% valid {stats.get('valid_acc', 0):.1f}% (loss "
+                f"{stats.get('train_loss', 0):.3f} / {stats.get('valid_loss', 0):.3f})")
+
+    @staticmethod
+    def outcome(record: Dict[str, Any]) -> str:
+        """The run's result, in the words of the command's last line."""
+        last = record["epochs"][-1] if record["epochs"] else {}
+        return (f"train {last.get('train_acc', 0):.1f}% valid {last.get('valid_acc', 0):.1f}%, "
+                f"{record['skip_connections_normal']} skip-connections in the normal cell")
+
     # -- genotype, record, checkpoint ------------------------------------------------------------------
+    def derive(self):
+        return self.algorithm.derive(self.model)
+
     def genotype(self) -> Genotype:
         """The algorithm's genotype of the current supernet (its notes go to the record)."""
         cfg = self.config
-        fields, self.notes = self.algorithm.derive(self.model)
+        fields, self.notes = self.derive()
         record = {"name": f"{self.algorithm.label}_{cfg.dataset}_seed{cfg.seed}".upper(), **fields,
                   "evaluations": [{"dataset": cfg.dataset, **self.algorithm.paper(cfg.dataset)["evaluation"]}]}
         return next(iter(parse_genotypes(record, str(self.out / "genotype.json")).values()))
 
-    def record(self) -> Dict[str, Any]:
+    def cell_notes(self) -> Dict[str, Any]:
+        """What the record notes about the cells and data beside the architecture weights."""
         normal = self.history[-1]["genotype"]["normal"] if self.history else []
+        return {"skip_connections_normal": sum(op == "skip_connect" for op, _ in normal),
+                **({"data": self.data.sample} if self.data.sample else {})}
+
+    def record(self) -> Dict[str, Any]:
         hours = self.elapsed / 3600
         device = self.bilevel.device
         arch = {name: p.detach().cpu().tolist() for name, p in self.model.arch.named_parameters()}
@@ -214,9 +249,7 @@ class Search:
             "device": device_name(device), "wall_time_s": round(self.elapsed, 3),
             ("gpu_hours" if device.type == "cuda" else "cpu_hours"): round(hours, 6),
             "peak_memory": peak_memory(device), "epochs_done": len(self.history), "stages": self.stages,
-            "epochs": self.history, "architecture": arch,
-            "skip_connections_normal": sum(op == "skip_connect" for op, _ in normal), **self.notes,
-            **({"data": self.data.sample} if self.data.sample else {}),
+            "epochs": self.history, "architecture": arch, **self.cell_notes(), **self.notes,
         }
 
     def _settings(self) -> Dict[str, Any]:

@@ -155,14 +155,20 @@ class Supernet(nn.Module):
         super().__init__()
         self.mixing = mixing or Softmax()
         self.nodes = nodes
-        every = [list(PRIMITIVES)] * num_edges(nodes)
-        self.candidates = {t: [list(names) for names in (candidates or {}).get(t, every)] for t in ("normal", "reduce")}
+        self.candidates = {t: [list(names) for names in (candidates or {}).get(t, every)]
+                           for t, every in self.every_candidate().items()}
+
+    def every_candidate(self) -> Dict[str, List[List[str]]]:
+        """Per cell type, every operation of the search space on every edge (the DARTS CNN space here)."""
+        every = [list(PRIMITIVES)] * num_edges(self.nodes)
+        return {"normal": every, "reduce": every}
 
     def init_architecture(self) -> None:
-        """Create ``arch`` for the searched cells built so far (call once the cells exist)."""
-        searched = {m.cell_type for m in self.modules() if isinstance(m, SearchCell)}
-        self.cell_types = [t for t in ("normal", "reduce") if t in searched]
-        self.arch = Architecture({t: self.mixing.parameter_shapes(num_edges(self.nodes), len(self.candidates[t][0]))
+        """Create ``arch`` for the searched cells built so far (call once the cells exist): the modules with a
+        ``cell_type`` (``SearchCell``, the recurrent search cell)."""
+        searched = {m.cell_type for m in self.modules() if m is not self and hasattr(m, "cell_type")}
+        self.cell_types = [t for t in self.candidates if t in searched]
+        self.arch = Architecture({t: self.mixing.parameter_shapes(len(self.candidates[t]), len(self.candidates[t][0]))
                                   for t in self.cell_types})
 
     def mixes(self) -> Dict[str, Mix]:
