@@ -12,13 +12,13 @@ from nas_zoo import build_network
 from nas_zoo.cli.app import app
 from nas_zoo.data import DatasetError
 from nas_zoo.genotype import load_genotype
-from nas_zoo.search import PcDarts, SearchConfig, SearchNetwork, with_defaults
+from nas_zoo.search import PcDarts, SearchAlgorithm, SearchConfig, SearchNetwork, with_defaults
 from nas_zoo.search.bilevel import BiLevel
 from nas_zoo.search.data import imagenet_sample
-from nas_zoo.search.loop import weights_lr
 
 runner = CliRunner()
 CLASSES, PER_CLASS = 4, 40
+weights_lr = SearchAlgorithm().weights_lr  # the default schedule
 
 
 @pytest.fixture(scope="module")
