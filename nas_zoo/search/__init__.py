@@ -6,6 +6,7 @@ from .bdarts import BDarts
 from .bilevel import BiLevel
 from .broad import BroadSearchNetwork
 from .darts import Darts
+from .ednas import Ednas, EdnasNetwork
 from .gdas import Gdas, GumbelHard
 from .loop import Search
 from .pc_darts import PartialChannels, PcDarts
@@ -14,8 +15,8 @@ from .supernet import Architecture, Mix, MixedEdge, SearchCell, SearchNetwork, S
 
 #: CLI name -> algorithm class
 ALGORITHMS = {"darts": Darts, "gdas": Gdas, "pc-darts": PcDarts, "pdarts": Pdarts, "b-darts": BDarts,
-              "b-pc-darts": BPcDarts}
+              "b-pc-darts": BPcDarts, "ednas": Ednas}
 
-__all__ = ["ALGORITHMS", "Architecture", "BDarts", "BPcDarts", "BiLevel", "BroadSearchNetwork", "Darts", "Gdas", "GumbelHard", "Mix", "MixedEdge", "Option",
+__all__ = ["ALGORITHMS", "Architecture", "BDarts", "BPcDarts", "BiLevel", "BroadSearchNetwork", "Darts", "Ednas", "EdnasNetwork", "Gdas", "GumbelHard", "Mix", "MixedEdge", "Option",
            "PartialChannels", "PcDarts", "Pdarts", "Search", "SearchAlgorithm", "SearchCell", "SearchConfig",
            "SearchNetwork", "Softmax", "with_defaults"]

@@ -71,6 +71,7 @@ class Search:
         torch.manual_seed(config.seed)
         self.data = search_data(config)
         self.elapsed, self.history, self.stages, self.notes = 0.0, [], [], {}
+        self.normal: list = []  # the normal cell of the genotype last derived
         self.start_stage(0, None)
 
     @property
@@ -167,12 +168,12 @@ class Search:
         supernet; its notes go to the record."""
         cfg = self.config
         fields, self.notes = derived or self.algorithm.derive(self.model)
+        self.normal = fields["normal"]
         record = {"name": f"{self.algorithm.label}_{cfg.dataset}_seed{cfg.seed}".upper(), **fields,
                   "evaluations": [{"dataset": cfg.dataset, **self.algorithm.paper(cfg.dataset)["evaluation"]}]}
         return next(iter(parse_genotypes(record, str(self.out / "genotype.json")).values()))
 
     def record(self) -> Dict[str, Any]:
-        normal = self.history[-1]["genotype"]["normal"] if self.history else []
         hours = self.elapsed / 3600
         device = self.bilevel.device
         arch = {name: p.detach().cpu().tolist() for name, p in self.model.arch.named_parameters()}
@@ -183,7 +184,7 @@ class Search:
             ("gpu_hours" if device.type == "cuda" else "cpu_hours"): round(hours, 6),
             "peak_memory": peak_memory(device), "epochs_done": len(self.history), "stages": self.stages,
             "epochs": self.history, "architecture": arch,
-            "skip_connections_normal": sum(op == "skip_connect" for op, _ in normal), **self.notes,
+            "skip_connections_normal": sum(op == "skip_connect" for op, _ in self.normal), **self.notes,
             **({"data": self.data.sample} if self.data.sample else {}),
         }
 
