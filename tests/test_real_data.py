@@ -49,13 +49,11 @@ def cifar_few(tmp_path_factory):
 @pytest.mark.parametrize("algorithm, options, epochs", [
     ("darts", [], 3), ("pc-darts", ["--arch-warmup", "1"], 3),
     ("pdarts", ["--layers", "3", "--add-layers", "0,1,2", "--arch-warmup", "1"], 2),
-    ("b-darts", ["--layers", "2"], 3), ("b-pc-darts", ["--layers", "2", "--arch-warmup", "1"], 3),
-    ("ednas", ["--derive-samples", "10"], 3)])
+    ("b-darts", ["--layers", "2"], 3), ("b-pc-darts", ["--layers", "2", "--arch-warmup", "1"], 3)])
 def test_search_on_real_images(cifar_few, tmp_path, algorithm, options, epochs):
     """A C=8, 5-cell supernet (P-DARTS: three stages of 3, 4, 5 cells, 2 epochs each; the broad ones: 2
-    convolution blocks): validation accuracy above chance (10%, +-1.7% on 320 images; EDNAS: its sampled
-    children's on its 128), a valid genotype, and that genotype trains with `nas-zoo train` (B-DARTS's as
-    the broad evaluation network)."""
+    convolution blocks): validation accuracy above chance (10%, +-1.7% on 320 images), a valid genotype, and
+    that genotype trains with `nas-zoo train` (B-DARTS's as the broad evaluation network)."""
     runner = CliRunner()
     out = tmp_path / "search"
     common = ["--dataset", "cifar10", "--data-dir", str(cifar_few), "--init-channels", "8", "--layers", "5",
