@@ -91,7 +91,7 @@ def _loop_options(algorithm: Type[SearchAlgorithm], stages: bool) -> list:
                                           + (" / the ptb files" if algorithm.ptb is not None else ""), Path),
         paper("epochs", f"search epochs{per_stage}"),
         paper("batch_size", "batch size of the weights' and alpha's steps"),
-        _option("init_channels", 16, "supernet width C", int),
+        paper("init_channels", "supernet width C"),
         paper("layers", "supernet cells (reductions at 1/3 and 2/3)"),
         _option("seed", 2, "random seed", int),
         paper("arch_warmup", f"epochs{per_stage} before alpha is updated"),

@@ -11,7 +11,7 @@ from nas_zoo.cli.app import app
 from nas_zoo.genotype import load_genotype
 from nas_zoo.ops import PRIMITIVES
 from nas_zoo.search import (ALGORITHMS, Darts, Gdas, Mix, Option, PcDarts, Search, SearchAlgorithm, SearchConfig,
-                            SearchNetwork, Softmax)
+                            SearchNetwork, Softmax, with_defaults)
 from nas_zoo.search.algorithm import LOOP_DEFAULTS
 from nas_zoo.search import loop as loop_module
 from nas_zoo.search.algorithm import strongest_inputs
@@ -178,7 +178,9 @@ def test_pc_darts_holds_the_architecture_during_warm_up(tiny_cifar, tmp_path):
 
 def test_gdas_samples_one_operation_and_passes_the_gradient_straight_through():
     alpha = torch.randn(14, 8, requires_grad=True)
-    hard, index, _ = Gdas().network(SearchConfig(init_channels=4, layers=3), 10).mixing({"alphas": alpha}, 4)
+    gdas = Gdas()
+    hard, index, _ = gdas.network(with_defaults(gdas, SearchConfig(init_channels=4, layers=3)), 10).mixing(
+        {"alphas": alpha}, 4)
     assert hard.detach().sum(-1).allclose(torch.ones(14)) and len(index) == 14
     assert all(hard[e, i].item() == pytest.approx(1.0) for e, i in enumerate(index))
     (hard[0, index[0]] * 1.0).backward()
@@ -205,7 +207,7 @@ def test_derivation_rules():
 def test_algorithms_derive_from_their_own_supernet(algorithm):
     """Each algorithm's derivation reads the supernet it builds: PC-DARTS ranks edges by beta too."""
     torch.manual_seed(0)
-    model = algorithm.network(SearchConfig(init_channels=8, layers=3, nodes=4), 10)
+    model = algorithm.network(with_defaults(algorithm, SearchConfig(init_channels=8, layers=3, nodes=4)), 10)
     fields, notes = algorithm.derive(model)
     assert len(fields["normal"]) == 8 and (fields["reduce"] is None) == isinstance(algorithm, Gdas)
     if isinstance(algorithm, PcDarts):
@@ -223,7 +225,8 @@ def test_algorithms_derive_from_their_own_supernet(algorithm):
 
 def test_narrow_supernets_stay_nchw():
     """torch's channels-last convolution backward corrupts memory below 4 output channels (loop.py)."""
-    narrow, wide = (PcDarts().network(SearchConfig(init_channels=c, layers=3), 10) for c in (8, 16))
+    pc = PcDarts()
+    narrow, wide = (pc.network(with_defaults(pc, SearchConfig(init_channels=c, layers=3)), 10) for c in (8, 16))
     assert not channels_last_safe(narrow) and channels_last_safe(wide)
 
 
@@ -239,11 +242,14 @@ def test_each_algorithm_has_its_command_with_its_own_options(name):
     assert all(f"--{flag}" in result.output for flag in flags)
     assert not any(f"--{flag} " in result.output for flag in others - flags)
     defaults = {**LOOP_DEFAULTS, **algorithm.defaults}
-    batch = (algorithm.imagenet or {}).get("batch_size", defaults["batch_size"])
-    imagenet = f"; imagenet: {batch}" if batch != defaults["batch_size"] else ""
     text = " ".join(result.output.split())  # the help wraps at 80 columns under CliRunner
-    assert re.search(rf"--epochs\s[^\[]*\[default: {defaults['epochs']}\]", text)
-    assert re.search(rf"--batch-size\s[^\[]*\[default: {defaults['batch_size']}{imagenet}\]", text)
+
+    def shown(key):  # the paper's default, and the ImageNet search's where it differs
+        imagenet = (algorithm.imagenet or {}).get(key, defaults[key])
+        return f"default: {defaults[key]}" + (f"; imagenet: {imagenet}" if imagenet != defaults[key] else "")
+
+    assert re.search(rf"--epochs\s[^\[]*\[{shown('epochs')}\]", text)
+    assert re.search(rf"--batch-size\s[^\[]*\[{shown('batch_size')}\]", text)
 
 
 class UniformSampling(SearchAlgorithm):

@@ -12,13 +12,13 @@ from nas_zoo import build_network
 from nas_zoo.cli.app import app
 from nas_zoo.data import DatasetError
 from nas_zoo.genotype import load_genotype
-from nas_zoo.search import PcDarts, SearchConfig, SearchNetwork, with_defaults
+from nas_zoo.search import PcDarts, SearchAlgorithm, SearchConfig, SearchNetwork, with_defaults
 from nas_zoo.search.bilevel import BiLevel
 from nas_zoo.search.data import imagenet_sample
-from nas_zoo.search.loop import weights_lr
 
 runner = CliRunner()
 CLASSES, PER_CLASS = 4, 40
+weights_lr = SearchAlgorithm().weights_lr  # the default schedule
 
 
 @pytest.fixture(scope="module")
@@ -36,24 +36,24 @@ def tiny_imagenet(tmp_path_factory):
 
 
 def test_the_sample_is_ten_and_two_and_a_half_percent_of_every_class(tiny_imagenet, tmp_path):
-    data = imagenet_sample(SearchConfig(dataset="imagenet", data_dir=str(tiny_imagenet), seed=2))
+    data = imagenet_sample(with_defaults(PcDarts(), SearchConfig(dataset="imagenet", data_dir=str(tiny_imagenet), seed=2)))
     weights, arch = data.sample["weights"], data.sample["arch"]
     assert data.num_classes == CLASSES and (len(weights), len(arch)) == (4 * CLASSES, 1 * CLASSES)
     assert not set(weights) & set(arch)  # drawn without replacement: the two parts are disjoint
     targets = data.train.dataset.targets
     assert [sum(targets[i] == c for i in weights) for c in range(CLASSES)] == [4] * CLASSES
     assert [sum(targets[i] == c for i in arch) for c in range(CLASSES)] == [1] * CLASSES
-    again = imagenet_sample(SearchConfig(dataset="imagenet", data_dir=str(tiny_imagenet), seed=2))
-    other = imagenet_sample(SearchConfig(dataset="imagenet", data_dir=str(tiny_imagenet), seed=3))
+    again = imagenet_sample(with_defaults(PcDarts(), SearchConfig(dataset="imagenet", data_dir=str(tiny_imagenet), seed=2)))
+    other = imagenet_sample(with_defaults(PcDarts(), SearchConfig(dataset="imagenet", data_dir=str(tiny_imagenet), seed=3)))
     assert again.sample["weights"] == weights and other.sample["weights"] != weights
     assert data.train[0][0].shape == (3, 224, 224)
 
     (tmp_path / "train" / "one").mkdir(parents=True)
     Image.fromarray(torch.zeros(8, 8, 3, dtype=torch.uint8).numpy()).save(tmp_path / "train" / "one" / "a.png")
     with pytest.raises(DatasetError, match="'one' has 1 image"):
-        imagenet_sample(SearchConfig(dataset="imagenet", data_dir=str(tmp_path)))
+        imagenet_sample(with_defaults(PcDarts(), SearchConfig(dataset="imagenet", data_dir=str(tmp_path))))
     with pytest.raises(DatasetError, match="not found"):
-        imagenet_sample(SearchConfig(dataset="imagenet", data_dir=str(tmp_path / "nowhere")))
+        imagenet_sample(with_defaults(PcDarts(), SearchConfig(dataset="imagenet", data_dir=str(tmp_path / "nowhere"))))
 
 
 def test_imagenet_takes_the_papers_imagenet_settings_unless_given():

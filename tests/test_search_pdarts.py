@@ -13,14 +13,14 @@ from typer.testing import CliRunner
 from nas_zoo.cli.app import app
 from nas_zoo.genotype import load_genotype
 from nas_zoo.ops import PRIMITIVES
-from nas_zoo.search import Pdarts, Search, SearchConfig
+from nas_zoo.search import Pdarts, Search, SearchConfig, with_defaults
 from nas_zoo.search import loop as loop_module
 from nas_zoo.search.algorithm import SearchAlgorithm
 from nas_zoo.search.supernet import MixedEdge
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "pdarts" / "rules.json").read_text())
 CASES = {case["name"]: case for case in FIXTURE["cases"]}
-TINY = SearchConfig(init_channels=4, layers=3, device="cpu")
+TINY = with_defaults(Pdarts(), SearchConfig(init_channels=4, layers=3, device="cpu"))
 runner = CliRunner()
 
 
@@ -107,7 +107,7 @@ def test_a_stage_is_a_new_supernet_on_the_surviving_operations(tiny_cifar, tmp_p
 
 def test_dropout_on_skip_connections_decays_as_the_authors_code():
     algorithm = Pdarts(add_layers=(0, 0, 0))
-    config = SearchConfig(epochs=25, arch_warmup=10, init_channels=4, layers=3)
+    config = with_defaults(algorithm, SearchConfig(epochs=25, arch_warmup=10, init_channels=4, layers=3))
     model = algorithm.network(config, 10, stage=1)
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert dropouts and all(m.p == 0.4 for m in dropouts)

@@ -7,6 +7,7 @@ from .bdarts import BDarts
 from .bilevel import BiLevel
 from .broad import BroadSearchNetwork
 from .darts import Darts
+from .ednas import Ednas, EdnasNetwork
 from .gdas import Gdas, GumbelHard
 from .loop import Search
 from .pc_darts import PartialChannels, PcDarts
@@ -16,7 +17,7 @@ from .supernet import Architecture, Mix, MixedEdge, SearchCell, SearchNetwork, S
 
 #: CLI name -> algorithm class
 ALGORITHMS = {"darts": Darts, "gdas": Gdas, "pc-darts": PcDarts, "pdarts": Pdarts, "b-darts": BDarts,
-              "b-pc-darts": BPcDarts}
+              "b-pc-darts": BPcDarts, "ednas": Ednas}
 
 
 
@@ -26,7 +27,7 @@ def new_search(algorithm: SearchAlgorithm, config: SearchConfig, out, progress: 
     return kind(algorithm, config, out, progress)
 
 
-__all__ = ["ALGORITHMS", "Architecture", "BDarts", "BPcDarts", "BiLevel", "BroadSearchNetwork", "Darts", "Gdas",
-           "GumbelHard", "LanguageSearch", "Mix", "MixedEdge", "Option", "PartialChannels", "PcDarts", "Pdarts",
-           "RecurrentSupernet", "Search", "SearchAlgorithm", "SearchCell", "SearchConfig", "SearchNetwork", "Softmax",
-           "new_search", "with_defaults"]
+__all__ = ["ALGORITHMS", "Architecture", "BDarts", "BPcDarts", "BiLevel", "BroadSearchNetwork", "Darts", "Ednas",
+           "EdnasNetwork", "Gdas", "GumbelHard", "LanguageSearch", "Mix", "MixedEdge", "Option", "PartialChannels",
+           "PcDarts", "Pdarts", "RecurrentSupernet", "Search", "SearchAlgorithm", "SearchCell", "SearchConfig",
+           "SearchNetwork", "Softmax", "new_search", "with_defaults"]

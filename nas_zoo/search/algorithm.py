@@ -1,16 +1,18 @@
 """What a search algorithm is: its paper's settings, its own options and the parts of the search it owns.
 
 The run (``loop.Search``) and the two optimisation steps (``bilevel.BiLevel``) are shared. An algorithm
-(``darts.py``, ``gdas.py``, ``pc_darts.py``, ``pdarts.py``) is one subclass of ``SearchAlgorithm`` that
-says what differs in its paper: the loop settings it uses by default, its own options (declared, so that
-the command line and the search record come from them), the supernet of each stage, the step and the
-architecture gradient, per-epoch schedules, how candidates shrink between stages and how the genotype is
-derived. The base class is DARTS first order: one stage, alpha step then weights step, softmax edges,
-Sec. 2.4's derivation.
+(``darts.py``, ``gdas.py``, ``pc_darts.py``, ``pdarts.py``, ``ednas.py``) is one subclass of
+``SearchAlgorithm`` that says what differs in its paper: the loop settings it uses by default, its own
+options (declared, so that the command line and the search record come from them), the supernet of each
+stage, the epoch's training pass, the step and the architecture gradient, per-epoch schedules, how
+candidates shrink between stages and how the genotype is derived (per epoch, and once more at the end with
+the data at hand). The base class is DARTS first order: one stage, alpha step then weights step, softmax
+edges, Sec. 2.4's derivation.
 """
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -19,6 +21,7 @@ from .supernet import SearchNetwork, Softmax, Supernet, node_slices
 
 if TYPE_CHECKING:
     from .bilevel import Batch, BiLevel
+    from .loop import Search
 
 #: per cell type, one list of candidate operation names per edge
 Candidates = Dict[str, List[List[str]]]
@@ -26,20 +29,22 @@ Candidates = Dict[str, List[List[str]]]
 
 @dataclass
 class SearchConfig:
-    """The settings of the shared loop; ``None`` fields take the algorithm's paper defaults."""
+    """The settings of the shared loop; ``None`` fields take the algorithm's paper defaults for the dataset
+    searched (``with_defaults``)."""
 
     dataset: str = "cifar10"
     data_dir: str = "data"
     epochs: Optional[int] = None  # per stage, for algorithms with stages (P-DARTS)
     batch_size: Optional[int] = None
-    init_channels: int = 16
+    init_channels: Optional[int] = None
     layers: Optional[int] = None
-    nodes: int = 4
+    nodes: Optional[int] = None
     seed: int = 2
-    train_portion: float = 0.5
+    train_portion: Optional[float] = None
     lr: Optional[float] = None
     lr_min: Optional[float] = None
     momentum: Optional[float] = None
+    nesterov: Optional[bool] = None
     weight_decay: Optional[float] = None
     grad_clip: Optional[float] = None
     arch_lr: Optional[float] = None
@@ -48,6 +53,8 @@ class SearchConfig:
     arch_warmup: Optional[int] = None  # epochs (of each stage) of weights-only training before alpha moves
     arch_grad_clip: Optional[float] = None  # clip alpha's gradient norm (0: no clipping)
     lr_warmup: Optional[int] = None  # epochs of linear learning-rate warm-up before the cosine schedule
+    # ImageNet: the share of every class that trains the weights, and the share that trains the architecture
+    imagenet_sample: Optional[Tuple[float, float]] = None
     # language-model searches (``--dataset ptb``): width, BPTT length, the five dropouts (output, hidden,
     # input, embedding output, embedding words), temporal activation regularisation, batches per epoch (0: all)
     nhid: Optional[int] = None
@@ -81,9 +88,10 @@ class SearchConfig:
 
 
 #: Defaults of the bi-level loop (DARTS's ``train_search.py``); an algorithm overrides its paper's.
-LOOP_DEFAULTS = dict(epochs=50, batch_size=64, layers=8, lr=0.025, lr_min=0.001, momentum=0.9, weight_decay=3e-4,
-                     grad_clip=5.0, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3, arch_warmup=0,
-                     arch_grad_clip=0.0, lr_warmup=0)
+LOOP_DEFAULTS = dict(epochs=50, batch_size=64, init_channels=16, layers=8, nodes=4, train_portion=0.5, lr=0.025,
+                     lr_min=0.001, momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0, arch_lr=3e-4,
+                     arch_betas=(0.5, 0.999), arch_weight_decay=1e-3, arch_warmup=0,
+                     arch_grad_clip=0.0, lr_warmup=0, imagenet_sample=(0.1, 0.025))
 #: The recurrent-cell search on PTB (DARTS ``rnn/train_search.py``, Sec. 3.2 / A.1.2): plain SGD at a constant
 #: lr 20 (scaled by the window's length), clip 0.25, weight decay 5e-7; alpha by Adam 3e-3 (PyTorch's betas,
 #: weight decay 1e-3); width 300, BPTT 35, the DARTS dropouts, TAR 1e-3. GDAS's RNN search kept them.
@@ -183,6 +191,42 @@ class SearchAlgorithm:
         raise NotImplementedError(f"{self.name} has one stage")
 
     # -- one epoch, one step ---------------------------------------------------------------------------
+    def weights_lr(self, config: SearchConfig, epoch: int) -> float:
+        """The weights' learning rate in ``epoch`` (0-based) of a stage: ``lr * (epoch + 1) / lr_warmup``
+        during the warm-up (PC-DARTS ``train_search_imagenet.py``), then cosine annealing from ``lr`` to
+        ``lr_min`` (DARTS's ``CosineAnnealingLR``, in closed form as the authors' PyTorch computed it)."""
+        if epoch < config.lr_warmup:
+            return config.lr * (epoch + 1) / config.lr_warmup
+        return config.lr_min + (config.lr - config.lr_min) * (1 + math.cos(math.pi * epoch / config.epochs)) / 2
+
+    def train_epoch(self, run: "Search", epoch: int, advance: Callable[[], None]) -> Dict[str, Any]:
+        """One epoch's training and its measure on the architecture part; returns the epoch's statistics
+        (``train_loss``, ``train_acc``, ``valid_loss``, ``valid_acc`` and what else the record should note).
+        DARTS Alg. 1: per batch of the weights part one ``step`` (alpha on a batch of the architecture part
+        after the warm-up, then the weights), then the supernet on the architecture part. ``advance`` ticks
+        the progress bar once per weights step."""
+        seed = run.stage * run.config.epochs + epoch
+        search_arch = epoch >= run.config.arch_warmup
+        valid_batches = iter(run.loader(run.data.valid, seed + 10_000))
+        totals = [0.0, 0.0, 0]
+        run.model.train()
+        for batch in run.loader(run.data.train, seed):
+            train = run.bilevel.batch(batch)
+            valid = None
+            if search_arch:
+                try:
+                    valid = run.bilevel.batch(next(valid_batches))
+                except StopIteration:
+                    valid_batches = iter(run.loader(run.data.valid, seed + 10_000 + totals[2]))
+                    valid = run.bilevel.batch(next(valid_batches))
+            loss, acc = run.bilevel.step(train, valid)
+            n = len(train[1])
+            totals[0] += loss * n
+            totals[1] += acc * n
+            totals[2] += n
+            advance()
+        return {"train_loss": totals[0] / totals[2], "train_acc": totals[1] / totals[2], **run.validate()}
+
     def start_epoch(self, model: SearchNetwork, config: SearchConfig, stage: int, epoch: int) -> Dict[str, Any]:
         """Per-epoch schedule of the algorithm (GDAS's tau); returns what the record should note."""
         return {}
@@ -205,6 +249,12 @@ class SearchAlgorithm:
         cells = {t: strongest_inputs(model.arch.alphas[t].softmax(-1), model.candidates[t], model.nodes)
                  for t in model.cell_types}
         return cell_fields(cells, model.nodes), {}
+
+    def conclude(self, run: "Search") -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+        """The final genotype when the algorithm derives it with data after the last epoch (EDNAS keeps the
+        best of sampled children on the architecture part), as ``derive`` returns it; None: the last
+        epoch's ``derive``. Runs after the last checkpoint, from its RNG state, so a resume repeats it."""
+        return None
 
     # -- the recurrent cell (``--dataset ptb``, ``recurrent.py``) -----------------------------------------------
     def recurrent_mixing(self) -> Softmax:
@@ -264,7 +314,7 @@ def cell_fields(cells: Dict[str, List[Tuple[str, int]]], nodes: int) -> Dict[str
 
 
 def with_defaults(algorithm: SearchAlgorithm, config: SearchConfig) -> SearchConfig:
-    """``config`` with its unset fields filled from the algorithm's paper settings for its dataset."""
+    """``config`` with its unset (None) fields filled from the algorithm's paper settings for its dataset."""
     fields = {f.name for f in dataclasses.fields(config)}
     filled = {key: value for key, value in algorithm.paper(config.dataset).items()
               if key in fields and getattr(config, key) is None}

@@ -56,7 +56,7 @@ class BiLevel:
         self.weights = list(model.weights())
         self.alphas = model.arch_parameters()
         self.w_optimizer = torch.optim.SGD(self.weights, config.lr, momentum=config.momentum,
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=config.weight_decay, nesterov=config.nesterov)
         self.a_optimizer = torch.optim.Adam(self.alphas, config.arch_lr, betas=tuple(config.arch_betas),
                                             weight_decay=config.arch_weight_decay)
 
@@ -77,13 +77,17 @@ class BiLevel:
         return self.w_optimizer.param_groups[0]["lr"]
 
     def weights_step(self, batch: Batch) -> Tuple[float, float]:
-        """One SGD step on the training loss (alpha held constant); returns (loss, accuracy)."""
+        """One SGD step on the training loss (alpha held constant), the gradient's norm clipped to
+        ``grad_clip`` (0: not clipped); returns (loss, accuracy). Gradients are reset to None, so weights
+        the forward pass did not use (a sampled child's other operations) take no step at all: no weight
+        decay, no momentum."""
         self.w_optimizer.zero_grad(set_to_none=True)
         with frozen(self.alphas):
             logits = self.model(batch[0])
             loss = F.cross_entropy(logits, batch[1])
             loss.backward()
-        nn.utils.clip_grad_norm_(self.weights, self.config.grad_clip)
+        if self.config.grad_clip:
+            nn.utils.clip_grad_norm_(self.weights, self.config.grad_clip)
         self.w_optimizer.step()
         return loss.item(), accuracy(logits.detach(), batch[1])
 

@@ -4,9 +4,10 @@ CIFAR (DARTS ``train_search.py``): the first ``train_portion`` of the training s
 rest alpha, both with crop + flip and no cutout.
 
 ImageNet (PC-DARTS Sec. 4.1 and ``imagenet_data_sample.py``, shared by BNAS-v2): from every class of the
-training set, 10% of the images train the weights and 2.5% train alpha. The authors copy a sample drawn
-with replacement into new folders; we draw one seeded permutation per class (without replacement, so the
-two parts are disjoint), copy nothing and record the drawn indices in the search record. Both parts get
+training set, 10% of the images train the weights and 2.5% train alpha (``imagenet_sample``; EDNAS splits
+all of it 80/20). The authors copy a sample drawn with replacement into new folders; we draw one seeded
+permutation per class (without replacement, so the two parts are disjoint), copy nothing and record the
+drawn indices in the search record. Both parts get
 the authors' search transform: random resized crop to 224, flip, normalise.
 """
 import math
@@ -24,8 +25,6 @@ from ..zoo import DATASET_STATS, NUM_CLASSES
 from .algorithm import SearchConfig
 
 SEARCH_DATASETS = (*CIFAR_LAYOUTS, "imagenet")
-#: PC-DARTS's ImageNet sample: the share of each class that trains the weights, and the share for alpha
-IMAGENET_WEIGHTS_SHARE, IMAGENET_ARCH_SHARE = 0.1, 0.025
 
 
 @dataclass
@@ -52,7 +51,8 @@ def search_data(config: SearchConfig) -> SearchData:
 
 
 def imagenet_sample(config: SearchConfig) -> SearchData:
-    """10% and 2.5% of every class of ``DATA_DIR/train`` (class folders), drawn with ``config.seed``."""
+    """``config.imagenet_sample`` (10% and 2.5%) of every class of ``DATA_DIR/train`` (class folders), drawn
+    with ``config.seed``."""
     root = Path(config.data_dir).expanduser() / "train"
     if not root.is_dir():
         raise DatasetError(f"imagenet: {root} not found; expected class folders under {root} (--data-dir)")
@@ -67,10 +67,11 @@ def imagenet_sample(config: SearchConfig) -> SearchData:
     for index, target in enumerate(data.targets):
         images[target].append(index)
     generator = torch.Generator().manual_seed(config.seed)
+    weights_share, arch_share = config.imagenet_sample
     weights, arch = [], []
     for target, indices in sorted(images.items()):
-        n_weights = max(1, round(IMAGENET_WEIGHTS_SHARE * len(indices)))
-        n_arch = max(1, round(IMAGENET_ARCH_SHARE * len(indices)))
+        n_weights = max(1, round(weights_share * len(indices)))
+        n_arch = max(1, round(arch_share * len(indices)))
         if n_weights + n_arch > len(indices):
             raise DatasetError(f"imagenet: class {data.classes[target]!r} has {len(indices)} image(s), too few "
                                "to give both the weights and alpha one")
@@ -79,6 +80,6 @@ def imagenet_sample(config: SearchConfig) -> SearchData:
         arch += drawn[n_weights:n_weights + n_arch]
     weights, arch = sorted(weights), sorted(arch)
     sample = {"images": len(data), "classes": len(data.classes), "seed": config.seed,
-              "weights_share": IMAGENET_WEIGHTS_SHARE, "arch_share": IMAGENET_ARCH_SHARE,
+              "weights_share": weights_share, "arch_share": arch_share,
               "weights": weights, "arch": arch}
     return SearchData(Subset(data, weights), Subset(data, arch), len(data.classes), sample)

@@ -2,17 +2,18 @@
 genotype and the search record.
 
 The training set gives one part to the weights and one to the architecture (``data.py``; halves on CIFAR
-as in DARTS's ``train_search.py``), and ``bilevel.BiLevel`` takes one step of each per batch as the
-algorithm says. The weights' learning rate follows a cosine from ``lr`` to ``lr_min`` over the epochs
-(DARTS's ``CosineAnnealingLR``, in closed form as the authors' PyTorch computed it), after
-``lr_warmup`` epochs of linear warm-up where the paper has one (PC-DARTS on ImageNet). A
+as in DARTS's ``train_search.py``). Each epoch is the algorithm's training pass
+(``SearchAlgorithm.train_epoch``: by default ``bilevel.BiLevel`` takes one step of each per batch) at the
+algorithm's learning rate for the epoch (``SearchAlgorithm.weights_lr``: a cosine from ``lr`` to ``lr_min``,
+after ``lr_warmup`` epochs of linear warm-up where the paper has one). A
 search has one stage or, like P-DARTS, several: each stage is a new supernet (fresh weights, fresh alpha,
 new optimizers and cosine schedule) on the candidates the algorithm keeps from the stage before.
 
 Every epoch ends with an atomic checkpoint (stage, candidates, weights, architecture, optimizers,
 RNG states, the record so far) from which ``resume`` continues exactly, mid-stage or between
 stages, then the derived genotype (``genotype.json``) and the search record (``search.json``), both
-written from what the run used: the filled-in config and the algorithm's own settings.
+written from what the run used: the filled-in config and the algorithm's own settings. After the last
+epoch the algorithm may derive the final genotype once more with the data (``SearchAlgorithm.conclude``).
 """
 import dataclasses
 import json
@@ -21,7 +22,7 @@ import platform
 import resource
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,14 +39,6 @@ from .supernet import SearchNetwork
 
 #: settings that change speed, not results: a resumed run may differ in these
 SPEED_ONLY = ("data_dir", "num_workers", "device", "channels_last")
-
-
-def weights_lr(config: SearchConfig, epoch: int) -> float:
-    """The weights' learning rate in ``epoch`` (0-based) of a stage: ``lr * (epoch + 1) / lr_warmup`` during
-    the warm-up (PC-DARTS ``train_search_imagenet.py``), then cosine annealing from ``lr`` to ``lr_min``."""
-    if epoch < config.lr_warmup:
-        return config.lr * (epoch + 1) / config.lr_warmup
-    return config.lr_min + (config.lr - config.lr_min) * (1 + math.cos(math.pi * epoch / config.epochs)) / 2
 
 
 def versions() -> Dict[str, str]:
@@ -82,6 +75,7 @@ class Search:
         torch.manual_seed(config.seed)
         self.data = self.load_data()
         self.elapsed, self.history, self.stages, self.notes = 0.0, [], [], {}
+        self.normal: list = []  # the normal cell of the genotype last derived
         self.start_stage(0, None)
 
     @property
@@ -111,42 +105,23 @@ class Search:
                 "candidates": searched, "epochs": self.config.epochs, "wall_time_s": 0.0})
 
     # -- epochs ---------------------------------------------------------------------------------------
-    def _loader(self, data: Dataset, seed: int, shuffle: bool = True) -> DataLoader:
+    def loader(self, data: Dataset, seed: int, shuffle: bool = True, batch_size: Optional[int] = None) -> DataLoader:
+        """Batches of ``data`` (``batch_size``: the config's), shuffled in an order fixed by ``seed``."""
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + seed)  # the same order on resume
-        return DataLoader(data, self.config.batch_size, shuffle=shuffle, generator=generator, drop_last=False,
-                          num_workers=self.config.num_workers, pin_memory=self.bilevel.device.type == "cuda",
-                          persistent_workers=False)
+        return DataLoader(data, batch_size or self.config.batch_size, shuffle=shuffle, generator=generator,
+                          drop_last=False, num_workers=self.config.num_workers,
+                          pin_memory=self.bilevel.device.type == "cuda", persistent_workers=False)
 
-    def train_epoch(self, epoch: int, advance=lambda: None) -> Dict[str, float]:
-        """One pass over the weights half, alpha stepping on the architecture half after the warm-up."""
-        self.model.train()
-        seed = self.stage * self.config.epochs + epoch
-        search_arch = epoch >= self.config.arch_warmup
-        valid_batches = iter(self._loader(self.data.valid, seed + 10_000))
-        totals = [0.0, 0.0, 0]
-        for batch in self._loader(self.data.train, seed):
-            train = self.bilevel.batch(batch)
-            valid = None
-            if search_arch:
-                try:
-                    valid = self.bilevel.batch(next(valid_batches))
-                except StopIteration:
-                    valid_batches = iter(self._loader(self.data.valid, seed + 10_000 + totals[2]))
-                    valid = self.bilevel.batch(next(valid_batches))
-            loss, acc = self.bilevel.step(train, valid)
-            n = len(train[1])
-            totals[0] += loss * n
-            totals[1] += acc * n
-            totals[2] += n
-            advance()
-        return {"train_loss": totals[0] / totals[2], "train_acc": totals[1] / totals[2]}
+    def train_epoch(self, epoch: int, advance=lambda: None) -> Dict[str, Any]:
+        """The algorithm's epoch (``SearchAlgorithm.train_epoch``): training, then its measure."""
+        return self.algorithm.train_epoch(self, epoch, advance)
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
         """The supernet on the architecture half (DARTS's ``infer``), in eval mode."""
         self.model.eval()
         loss, correct, n = 0.0, 0.0, 0
-        for batch in self._loader(self.data.valid, 0, shuffle=False):
+        for batch in self.loader(self.data.valid, 0, shuffle=False):
             x, y = self.bilevel.batch(batch)
             logits = self.model(x)
             loss += F.cross_entropy(logits, y, reduction="sum").item()
@@ -158,11 +133,10 @@ class Search:
         """One epoch of the current stage, then the checkpoint and the outputs; returns its record."""
         epoch, start = self.epoch, time.perf_counter()
         notes = self.algorithm.start_epoch(self.model, self.config, self.stage, epoch)
-        lr = weights_lr(self.config, epoch)
+        lr = self.algorithm.weights_lr(self.config, epoch)
         for group in self.bilevel.w_optimizer.param_groups:
             group["lr"] = lr
         stats = self.train_epoch(epoch, advance)
-        stats.update(self.validate())
         took = time.perf_counter() - start
         self.elapsed += took
         self.stages[self.stage]["wall_time_s"] = round(self.stages[self.stage]["wall_time_s"] + took, 3)
@@ -170,7 +144,8 @@ class Search:
         genotype = self.genotype()
         cells = {k: v for k, v in genotype.to_dict().items() if k in ("normal", "reduce", "recurrent")}
         self.history.append({"stage": self.stage, "epoch": epoch, "lr": lr, **notes,
-                             **{k: round(v, 4) for k, v in stats.items()}, "genotype": cells})
+                             **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
+                             "genotype": cells})
         self.save_checkpoint()
         self.write_outputs(genotype)
         return self.history[-1]
@@ -202,7 +177,7 @@ class Search:
                     stage = f"stage {self.stage + 1}/{stages} " if stages > 1 else ""
                     bar.console.print(f"{self.algorithm.label} {stage}epoch {self.epoch}/{epochs}: "
                                       f"{self.summary(done)}", highlight=False)
-        self.write_outputs(self.genotype())
+        self.write_outputs(self.genotype(self.algorithm.conclude(self)))
         return self.record()
 
     def steps_per_epoch(self) -> int:
@@ -222,21 +197,22 @@ class Search:
                 f"{record['skip_connections_normal']} skip-connections in the normal cell")
 
     # -- genotype, record, checkpoint ------------------------------------------------------------------
-    def derive(self):
+    def derive(self) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         return self.algorithm.derive(self.model)
 
-    def genotype(self) -> Genotype:
-        """The algorithm's genotype of the current supernet (its notes go to the record)."""
+    def genotype(self, derived: Optional[Tuple[Dict[str, Any], Dict[str, Any]]] = None) -> Genotype:
+        """The genotype ``derived`` (``SearchAlgorithm.conclude``), or else the algorithm's of the current
+        supernet; its notes go to the record."""
         cfg = self.config
-        fields, self.notes = self.derive()
+        fields, self.notes = derived or self.derive()
+        self.normal = fields.get("normal", [])
         record = {"name": f"{self.algorithm.label}_{cfg.dataset}_seed{cfg.seed}".upper(), **fields,
                   "evaluations": [{"dataset": cfg.dataset, **self.algorithm.paper(cfg.dataset)["evaluation"]}]}
         return next(iter(parse_genotypes(record, str(self.out / "genotype.json")).values()))
 
     def cell_notes(self) -> Dict[str, Any]:
         """What the record notes about the cells and data beside the architecture weights."""
-        normal = self.history[-1]["genotype"]["normal"] if self.history else []
-        return {"skip_connections_normal": sum(op == "skip_connect" for op, _ in normal),
+        return {"skip_connections_normal": sum(op == "skip_connect" for op, _ in self.normal),
                 **({"data": self.data.sample} if self.data.sample else {})}
 
     def record(self) -> Dict[str, Any]:

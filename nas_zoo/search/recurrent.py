@@ -188,7 +188,8 @@ class LanguageSearch(Search):
         return min(windows, self.config.max_batches or windows)
 
     def train_epoch(self, epoch: int, advance=lambda: None) -> Dict[str, float]:
-        """One pass over the training split (or ``max_batches`` windows of it), one step per window."""
+        """One pass over the training split (or ``max_batches`` windows of it), one step per window, then the
+        perplexity on the validation split."""
         self.model.train()
         cfg, search, data, arch_data = self.config, self.bilevel, self.data.train, self.data.search
         lr, hidden, arch_hidden = search.lr(), None, None
@@ -208,7 +209,7 @@ class LanguageSearch(Search):
             advance()
         for group in search.w_optimizer.param_groups:
             group["lr"] = lr
-        return {"train_loss": total / batches, "train_ppl": math.exp(total / batches)}
+        return {"train_loss": total / batches, "train_ppl": math.exp(total / batches), **self.validate()}
 
     def validate(self) -> Dict[str, float]:
         loss, _ = evaluate(self.model, self.data.valid, self.config.bptt)

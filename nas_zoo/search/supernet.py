@@ -14,7 +14,8 @@ What differs between algorithms is handed to the network, not switched on by fla
 * ``candidates`` name the operations on every edge of each cell type (all eight by default; P-DARTS
   shrinks them stage by stage), so ``alpha`` is edges x candidates;
 * ``operation`` builds one candidate (DARTS's search form by default: no affine BN, BN after pooling);
-* subclasses may replace ``make_cell`` and ``make_head`` (GDAS's fixed reduction cell, its BN + ReLU).
+* subclasses may replace ``make_stem``, ``make_cell`` and ``make_head`` (EDNAS's narrower ImageNet stem,
+  GDAS's fixed reduction cell, its BN + ReLU).
 
 The architecture parameters live in their own module (``SearchNetwork.arch``) and are optimised apart
 from the weights (``SearchNetwork.weights()`` / ``arch_parameters()``).
@@ -58,10 +59,11 @@ def search_stem(kind: str, in_chans: int, C: int) -> nn.Module:
 
 class Mix(NamedTuple):
     """One forward pass's edge weights of a cell type: ``weights`` (edges x candidates), the one sampled
-    candidate per edge when only that one is computed (else None), and per-edge scales (else None)."""
+    candidate per edge when only that one is computed (else None; an edge whose entry is None does not run
+    and costs nothing, as EDNAS's unsampled inputs), and per-edge scales (else None)."""
 
     weights: torch.Tensor
-    index: Optional[List[int]] = None
+    index: Optional[List[Optional[int]]] = None
     edge_scale: Optional[torch.Tensor] = None
 
 
@@ -99,7 +101,7 @@ class SearchCell(nn.Module):
     """The DARTS search cell: two inputs, ``nodes`` nodes, an edge from every earlier state to every node.
 
     Node i sums the edges from the two inputs and nodes 0..i-1 (each scaled by ``Mix.edge_scale`` when
-    given); the cell outputs the channel concatenation of its nodes. Edges are numbered node by node
+    given; an edge whose ``Mix.index`` entry is None is left out); the cell outputs the channel concatenation of its nodes. Edges are numbered node by node
     (0-1: node 0, 2-4: node 1, ...), the row order of ``alpha`` in the authors' code.
     """
 
@@ -124,8 +126,10 @@ class SearchCell(nn.Module):
         for _ in range(self.nodes):
             node = 0
             for h in states:
-                out = self.edges[e](h, mix.weights[e], None if mix.index is None else mix.index[e])
-                node = node + (out if mix.edge_scale is None else mix.edge_scale[e] * out)
+                index = None if mix.index is None else mix.index[e]
+                if mix.index is None or index is not None:  # an edge with no sampled operation does not run
+                    out = self.edges[e](h, mix.weights[e], index)
+                    node = node + (out if mix.edge_scale is None else mix.edge_scale[e] * out)
                 e += 1
             states.append(node)
         return torch.cat(states[2:], dim=1)
@@ -197,7 +201,7 @@ class SearchNetwork(Supernet):
         if layers < 3:
             raise ValueError(f"--layers {layers}: the supernet needs at least 3 cells (two of them reduce)")
         super().__init__(nodes, mixing, candidates)
-        self.stem = search_stem(stem, in_chans, C)
+        self.stem = self.make_stem(stem, in_chans, C)
         C_prev_prev, C_prev, C_curr = self.stem.out_chs, self.stem.out_chs, C
         self.cells = nn.ModuleList()
         reduction_prev = stem == "imagenet"  # the first cell's s0 has twice its s1's resolution
@@ -212,6 +216,10 @@ class SearchNetwork(Supernet):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
         self.init_architecture()
+
+    def make_stem(self, kind: str, in_chans: int, C: int) -> nn.Module:
+        """The stem, returning the first cell's two inputs and naming its width ``out_chs``."""
+        return search_stem(kind, in_chans, C)
 
     def make_cell(self, C_prev_prev: int, C_prev: int, C: int, reduction: bool, reduction_prev: bool,
                   operation: Operation) -> nn.Module:
