@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -82,6 +83,17 @@ def seeded(step: Callable[[], object], seed: int) -> None:
     torch.manual_seed(seed)
     step()
     sync()
+
+
+def mean_seeded_time(step: Callable[[], object], rounds: int) -> float:
+    """The mean time of ``step`` from seeds 0 .. rounds - 1, after a warm-up step from another seed."""
+    seeded(step, 1000)
+    times = []
+    for seed in range(rounds):
+        start = time.perf_counter()
+        seeded(step, seed)
+        times.append(time.perf_counter() - start)
+    return statistics.mean(times)
 
 
 def resident(field: str) -> int:

@@ -33,7 +33,7 @@ from torch import nn
 
 from nas_zoo.search import BDarts, BiLevel, Darts, Search, SearchConfig, with_defaults
 
-from measure import DEVICE, cuda_calls_stay_on_device, load_authors, peak_memory, report_peak, seeded
+from measure import DEVICE, cuda_calls_stay_on_device, load_authors, mean_seeded_time, peak_memory, report_peak
 
 CODE = os.environ.get("BNASV2_CODE")
 IMAGES, C, CLASSES, BATCH = 1024, 16, 10, 256
@@ -128,20 +128,10 @@ def _ours():
     return lambda: search.step(train, valid)
 
 
-def _mean_time(step) -> float:
-    seeded(step, 1000)
-    times = []
-    for seed in range(ROUNDS):
-        start = time.perf_counter()
-        seeded(step, seed)
-        times.append(time.perf_counter() - start)
-    return statistics.mean(times)
-
-
 @pytest.mark.skipif(not CODE, reason="BNASV2_CODE is not set: give it a checkout of zixiangding/BNASv2")
 def test_broad_step_against_authors(benchmark):
-    theirs = _mean_time(_authors())
-    ours = benchmark.pedantic(lambda: _mean_time(_ours()), rounds=1)
+    theirs = mean_seeded_time(_authors(), ROUNDS)
+    ours = benchmark.pedantic(lambda: mean_seeded_time(_ours(), ROUNDS), rounds=1)
     their_memory, our_memory = peak_memory(__file__, "authors"), peak_memory(__file__, "ours")
     speedup, memory_ratio = theirs / ours, our_memory / their_memory
     benchmark.extra_info.update(device=DEVICE, batch=BATCH, ours_s=ours, authors_s=theirs, speedup=speedup,

@@ -32,9 +32,7 @@ import functools
 import gc
 import os
 import random
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +48,7 @@ if not CODE:
 from nas_zoo.ops import PRIMITIVES  # noqa: E402
 from nas_zoo.search import BiLevel, Pdarts, SearchConfig, with_defaults  # noqa: E402
 
-from measure import DEVICE, load_authors, peak_memory, report_peak, seeded  # noqa: E402
+from measure import DEVICE, load_authors, mean_seeded_time, peak_memory, report_peak, seeded  # noqa: E402
 
 C, BATCH, CLASSES, EDGES = 16, 96, 10, 14
 ROUNDS = 2
@@ -189,14 +187,9 @@ def _their_figures(stage: int):
     """Their mean step time over ``ROUNDS`` seeds after a warm-up, and their peak memory (fresh process);
     measured once per stage for both of our layouts."""
     step = _authors(stage)
-    seeded(step, 1000)
-    times = []
-    for seed in range(ROUNDS):
-        start = time.perf_counter()
-        seeded(step, seed)
-        times.append(time.perf_counter() - start)
+    their_time = mean_seeded_time(step, ROUNDS)
     del step
-    return statistics.mean(times), _peak_memory("authors", stage, True)
+    return their_time, _peak_memory("authors", stage, True)
 
 
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
