@@ -92,7 +92,8 @@ def evaluate_command(
         result = evaluate_named(name, dataset, data_dir, checkpoint, pretrained, accuracy, speed, fast, batch_size,
                                 num_workers, device)
     if dataset in TEXT_DATASETS:  # no table for perplexities: JSON, on standard output by default
-        json_path = json_path or "-"
+        _write_result(result, json_path or "-")
+        return
     if json_path:
         _write_result(result, json_path)
     if json_path != "-":

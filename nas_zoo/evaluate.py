@@ -101,8 +101,9 @@ def evaluate_named(name: str, dataset: str, data_dir: Optional[Path] = None, che
         if data_dir is None:
             raise ValueError(f"{dataset}: no data directory given; point it at the corpus files")
         return evaluate_language_model(name, dataset, data_dir, checkpoint)
-    if accuracy is False and (batch_size, num_workers) != (None, None):
-        raise ValueError("batch_size, num_workers: for the accuracy pass, which accuracy=False (--no-accuracy) skips")
+    loading = [k for k, v in dict(batch_size=batch_size, num_workers=num_workers).items() if v is not None]
+    if accuracy is False and loading:
+        raise ValueError(f"{', '.join(loading)}: for the accuracy pass, which accuracy=False (--no-accuracy) skips")
     if speed is False and fast:
         raise ValueError("fast: for the speed figures, which speed=False (--no-speed) skips")
     target = Target.of(name, dataset)

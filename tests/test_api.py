@@ -57,11 +57,12 @@ def test_language_model_config_file_trains_and_evaluates_the_same_from_python(tm
     weights = [load_file(str(tmp_path / run / "best" / "model.safetensors")) for run in ("cli", "api")]
     assert weights[0]["encoder.weight"].shape == (21, 16)  # nhid from the config file, 20 words and <eos>
     assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])
-    evaluated = invoke("evaluate", "gdas_ptb", "--dataset", "ptb", "--data-dir", data, "--checkpoint", tmp_path / "cli")
-    assert evaluated.exit_code == 0, evaluated.output
+    evaluated = invoke("evaluate", "gdas_ptb", "--dataset", "ptb", "--data-dir", data, "--checkpoint", tmp_path / "cli",
+                       "--json", tmp_path / "figures.json")
+    assert evaluated.exit_code == 0 and not evaluated.output, evaluated.output  # perplexities: JSON, no table
     api = evaluate_named("gdas_ptb", "ptb", data, tmp_path / "api")
     speeds = ("valid_tokens_per_s", "test_tokens_per_s")
-    cli_result = json.loads(evaluated.output)
+    cli_result = json.loads((tmp_path / "figures.json").read_text())
     assert {**cli_result, "checkpoint": None} == {**api, **{k: cli_result[k] for k in speeds}, "checkpoint": None}
 
 
@@ -107,7 +108,7 @@ IMAGE_EVALUATE = ["evaluate", "darts_v2", "--dataset", "cifar10", "--data-dir", 
         (["--pretrained"], "pretrained"), (["--fast"], "fast"), (["--no-speed"], "speed"), (["--speed"], "speed"),
         (["--no-accuracy"], "accuracy"), (["--batch-size", "8"], "batch_size"), (["--num-workers", "0"], "num_workers"),
         (["--device", "cpu"], "device")]],
-    ([*IMAGE_EVALUATE, "--no-accuracy", "--batch-size", "8"], "batch_size, num_workers: for the accuracy pass"),
+    ([*IMAGE_EVALUATE, "--no-accuracy", "--batch-size", "8"], "batch_size: for the accuracy pass, which accuracy=False (--no-accuracy) skips"),
     ([*IMAGE_EVALUATE, "--no-speed", "--fast"], "fast: for the speed figures, which speed=False (--no-speed) skips"),
     ([*IMAGE_EVALUATE, "--pretrained", "--checkpoint", "{tmp}"], "checkpoint and pretrained: give one"),
     (["train", "darts_v2", "--dataset", "cifar10", "--set", "lr=1"], "unknown training field(s) lr"),
