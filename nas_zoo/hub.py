@@ -276,9 +276,7 @@ def _save(out, target: WeightsTarget, state_dict, load_as: str, evaluation, sour
         return save_pretrained(out, target, state_dict, load_as, evaluation, source)
     except ValueError as e:
         raise HubError(f"cannot build {size}: {e}") from None
-    except OutputError:
-        raise
-    except CheckpointError as e:
+    except CheckpointError as e:  # the weights do not fit (an OutputError is no CheckpointError: it passes)
         raise CheckpointError(f"{e}; pass C and layers (--C, --layers) if it was trained at another size than "
                               f"{size}") from None
 
