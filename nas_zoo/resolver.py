@@ -40,10 +40,6 @@ class Resolved:
     dataset: Optional[str]  # the tag's, else the one asked for
     kind: str  # what the string was: "model", "genotype" or "file" (the path: ``genotype.source``)
 
-    @property
-    def name(self) -> str:
-        return self.model.name if self.model is not None else self.genotype.name
-
 
 def is_file(name: str) -> bool:
     """Whether ``name`` says it is a path: a ``.json`` suffix, a path separator, or ``FILE:ENTRY``."""
