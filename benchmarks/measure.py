@@ -1,5 +1,5 @@
-"""What the search benchmarks share: the device, the authors' modules loaded from a checkout, seeded and
-synchronised steps, and one step's peak memory measured in a fresh process.
+"""What the benchmarks share: the device, the authors' modules loaded from a checkout, the best of a few timed
+calls, seeded and synchronised steps, and one step's peak memory measured in a fresh process.
 
 Peak memory: a benchmark file runs itself as a script (its ``__main__`` builds one side's step from the
 command line and calls ``report_peak``); ``peak_memory`` starts that process and reads the figure back. The
@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Sequence
@@ -63,6 +64,17 @@ def cuda_calls_stay_on_device():
 def sync() -> None:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
+
+
+def best_time(fn: Callable[[], object], repeats: int = 3) -> float:
+    """The fastest of ``repeats`` calls of ``fn`` (seconds), after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def seeded(step: Callable[[], object], seed: int) -> None:

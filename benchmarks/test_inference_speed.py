@@ -5,12 +5,12 @@ The fast path (``nas-zoo evaluate --fast``) folds batch norm into the convolutio
 Run: ``python -m pytest benchmarks/test_inference_speed.py``; each row's ``extra_info`` holds
 ``speedup`` (baseline time / fast time, measured in the same test) and the outputs' largest difference.
 """
-import time
 
 import pytest
 import torch
 
 import nas_zoo
+from measure import best_time
 from nas_zoo.fast import fast_inference
 
 MODELS = ["darts_v2", "gdas_v1", "pdarts", "pc_darts_cifar", "b_darts_v1"]
@@ -24,16 +24,6 @@ def _randomise_bn(model):
     return model
 
 
-def _best_of(fn, repeats=3):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_fast_inference_throughput(benchmark, name):
     torch.manual_seed(0)
@@ -44,7 +34,7 @@ def test_fast_inference_throughput(benchmark, name):
     with torch.inference_mode():
         difference = (fast(x_last) - baseline(x)).abs().max().item()
         assert difference < 1e-4
-        baseline_time = _best_of(lambda: baseline(x))
+        baseline_time = best_time(lambda: baseline(x))
         benchmark.pedantic(fast, args=(x_last,), rounds=3, iterations=1, warmup_rounds=1)
     fast_time = benchmark.stats.stats.min
     benchmark.extra_info.update(speedup=baseline_time / fast_time, baseline_images_per_s=64 / baseline_time,

@@ -9,8 +9,9 @@ from rich.console import Console
 from nas_zoo.convert import LAYOUTS
 from nas_zoo.download import WEIGHTS_NAME
 from nas_zoo.hub import convert, push
+from nas_zoo.threads import set_threads
 
-from .output import library_errors
+from .output import library_errors, threads_option
 
 
 def convert_command(
@@ -18,13 +19,18 @@ def convert_command(
     path: Path = typer.Argument(..., help="the authors' checkpoint (.pt/.pth/.pth.tar, or .safetensors)"),
     model: str = typer.Option(..., help="zoo model (gdas_v1, gdas_v1.cifar10), genotype, or genotype file"),
     out: Path = typer.Option(..., help="the weights folder to write (model.safetensors, config.json, README.md)"),
-    dataset: Optional[str] = typer.Option(None, help="what it was trained on (default: from the tag or classes)"),
-    network: Optional[str] = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet"),
-    C: Optional[int] = typer.Option(None, "--C", help="initial channels, if not the paper's"),
-    layers: Optional[int] = typer.Option(None, help="cells, if not the paper's"),
-    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells, if not the paper's 2"),
+    dataset: Optional[str] = typer.Option(None, help="what it was trained on",
+                                           show_default="from the tag or classes"),
+    network: Optional[str] = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet",
+                                           show_default="its first evaluation's"),
+    C: Optional[int] = typer.Option(None, "--C", help="initial channels", show_default="the paper's"),
+    layers: Optional[int] = typer.Option(None, help="cells", show_default="the paper's"),
+    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells",
+                                            show_default="the paper's 2"),
+    threads: int = threads_option(),
 ) -> None:
     """Convert an authors' released checkpoint into nas-zoo's weights folder (loadable with local-dir:OUT)."""
+    set_threads(threads)
     with library_errors(out):
         written = convert(path, family, model, out, dataset, network, C, layers, en_layers)
     Console().print(f"wrote {written.folder} ({written.holds}); load it with {written.load}", highlight=False,
@@ -36,15 +42,21 @@ def push_command(
     checkpoint: Path = typer.Option(..., help="nas-zoo weights: a .safetensors file, a run's checkpoint directory "
                                               "or a converted folder"),
     repo_id: str = typer.Option(..., help="the Hub repository, ORG/REPO"),
-    evaluation: Optional[Path] = typer.Option(None, "--eval", help="`nas-zoo evaluate --json` output for the card"),
-    dataset: Optional[str] = typer.Option(None, help="what it was trained on (default: from the tag or classes)"),
-    network: Optional[str] = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet"),
-    C: Optional[int] = typer.Option(None, "--C", help="initial channels, if not the paper's"),
-    layers: Optional[int] = typer.Option(None, help="cells, if not the paper's"),
-    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells, if not the paper's 2"),
+    evaluation: Optional[Path] = typer.Option(None, "--eval", help="`nas-zoo evaluate --json` output for the card",
+                                             show_default="none"),
+    dataset: Optional[str] = typer.Option(None, help="what it was trained on",
+                                           show_default="from the tag or classes"),
+    network: Optional[str] = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet",
+                                           show_default="its first evaluation's"),
+    C: Optional[int] = typer.Option(None, "--C", help="initial channels", show_default="the paper's"),
+    layers: Optional[int] = typer.Option(None, help="cells", show_default="the paper's"),
+    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells",
+                                            show_default="the paper's 2"),
     private: bool = typer.Option(False, help="create the repository private"),
+    threads: int = threads_option(),
 ) -> None:
     """Upload weights to the Hub as model.safetensors + config.json + README.md (token: HF_TOKEN or login)."""
+    set_threads(threads)
     with library_errors():
         pushed = push(name, checkpoint, repo_id, evaluation, dataset, network, C, layers, en_layers, private)
     target = pushed.target

@@ -14,8 +14,9 @@ from nas_zoo.checkpoint import CheckpointError, OutputError
 from nas_zoo.data import DatasetError
 from nas_zoo.search import ALGORITHMS, Search, SearchAlgorithm, SearchConfig
 from nas_zoo.search.algorithm import LOOP_DEFAULTS
+from nas_zoo.threads import AUTO, set_threads
 
-from .output import console, fail
+from .output import THREADS_HELP, console, fail
 
 #: click's UsageError, as the click that typer runs on defines it (typer >= 0.20 carries its own copy)
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -50,7 +51,7 @@ def _option(name: str, default: Any, help: str, kind: type, paper: Optional[str]
     flag = "--" + name.replace("_", "-")
     decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
     if paper is not None:
-        help = f"{help} \\[default: {paper}]"  # escaped: rich would take it for markup
+        help = f"{help}  [default: {paper}]"  # as click shows a default, without its parentheses
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
                              default=typer.Option(default, *decls, help=help, show_default=paper is None))
 
@@ -89,6 +90,7 @@ def _loop_options(algorithm: Type[SearchAlgorithm], stages: bool) -> list:
         _option("device", None, "cpu, cuda, cuda:1 ... (default: cuda when available)", Optional[str]),
         _option("resume", False, "continue from OUT/checkpoint", bool),
         _option("out", Path("search-out"), "output folder", Path),
+        _option("threads", AUTO, THREADS_HELP, int),
     ]
 
 
@@ -108,6 +110,7 @@ def _command(name: str, algorithm: Type[SearchAlgorithm]):
 def _search(name: str, algorithm: Type[SearchAlgorithm], values: Dict[str, Any]) -> None:
     given = {o.name: values.pop(o.name) for o in algorithm.options}
     resume, out = values.pop("resume"), values.pop("out")
+    set_threads(values.pop("threads"))
     try:
         settings = {o.name: o.parse(given[o.name]) if isinstance(o.default, tuple) else given[o.name]
                     for o in algorithm.options if given[o.name] is not None}

@@ -33,6 +33,10 @@ class DatasetError(ValueError):
     """A dataset that is missing or not in its expected layout; the message says where we looked."""
 
 
+class MissingDataError(DatasetError):
+    """No dataset where we looked (each command adds how to get one)."""
+
+
 class _ArrayType:
     """What ``numpy.ndarray`` unpickles to: an argument of ``_reconstruct`` only, not a call that allocates."""
 
@@ -104,9 +108,8 @@ class CifarPickles(Dataset):
         for name in train_files if train else test_files:
             path = directory / name
             if not path.is_file():
-                raise DatasetError(f"{dataset}: {path} not found; expected the standard python layout "
-                                   f"({folder}/{', '.join(train_files + test_files)}) under --data-dir {root}, "
-                                   "or pass --download")
+                raise MissingDataError(f"{dataset}: {path} not found; expected the standard python layout "
+                                       f"({folder}/{', '.join(train_files + test_files)}) under --data-dir {root}")
             try:
                 batch = _read_batch(path)
                 data, batch_labels = np.asarray(batch["data"], dtype=np.uint8), list(batch[label_key])
@@ -192,15 +195,20 @@ def build_dataset(spec: DataSpec, config: dict, train: bool) -> Dataset:
     if spec.dataset in CIFAR_LAYOUTS:
         if spec.download:
             cls = datasets.CIFAR10 if spec.dataset == "cifar10" else datasets.CIFAR100
-            cls(str(root), train=train, download=True)
+            try:
+                cls(str(root), train=train, download=True)
+            except OSError as e:  # offline (URLError: its reason), or a folder we cannot write
+                cause = getattr(e, "reason", None) or e.strerror or e
+                raise DatasetError(f"{spec.dataset}: downloading into --data-dir {root} failed ({cause}); check the "
+                                   "connection, or put the files there and run without --download") from None
         return CifarPickles(root, spec.dataset, train, cifar_transforms(config["mean"], config["std"], train,
                                                                          spec.cutout))
     if spec.dataset not in ("imagenet", "folder"):
         raise DatasetError(f"unknown dataset {spec.dataset!r}; expected one of {', '.join(IMAGE_SOURCES)}")
     split = root / ("train" if train else "val")
     if not split.is_dir():
-        raise DatasetError(f"{spec.dataset}: {split} not found; expected class folders under {root}/train and "
-                           f"{root}/val (--data-dir)")
+        raise MissingDataError(f"{spec.dataset}: {split} not found; expected class folders under {root}/train "
+                               f"and {root}/val (--data-dir)")
     eval_keys = ("input_size", "mean", "std", "crop_pct", "interpolation")
     transform = imagenet_train_transform(config) if train else create_transform(**{k: config[k] for k in eval_keys})
     try:

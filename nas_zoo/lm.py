@@ -132,7 +132,8 @@ def evaluate_language_model(name: str, dataset: str, data_dir, checkpoint: Optio
         result = evaluate_checkpoint(checkpoint, corpus)
         if result["model"] != model_name:
             raise LMError(f"{checkpoint} holds a {result['model']} model, not {model_name}")
-    return {**result, "checkpoint": None if checkpoint is None else str(checkpoint)}
+    return {**result, "checkpoint": None if checkpoint is None else str(checkpoint),
+            "threads": torch.get_num_threads()}
 
 
 def build_model(genotype: RecurrentGenotype, ntoken: int, config: LMConfig) -> RNNModel:
@@ -251,7 +252,7 @@ class _Averaged:
 
 def _run_info(name: str, dataset: str, genotype: RecurrentGenotype, corpus: Corpus, config: LMConfig) -> Dict:
     return dict(model=name, dataset=dataset, genotype=genotype.to_dict(), vocabulary=corpus.words,
-                config=dataclasses.asdict(config))
+                config=dataclasses.asdict(config), threads=torch.get_num_threads())
 
 
 def train_lm(name: str, genotype: RecurrentGenotype, corpus: Corpus, out: Path, setting: Dict[str, Any],

@@ -12,6 +12,7 @@ from .zoo import DATASET_TAGS, LM_MODELS, MODELS, NUM_CLASSES
 
 TEST_ERROR_KEYS = ("test_error", "top1_error")
 FAMILIES = ("darts", "gdas", "pdarts", "pc_darts", "ednas", "bnasv2")  # the paper files (genotypes/*.json)
+SEARCH_COST_KEYS = ("search_cost_gpu_days", "search_cost_gpu_days_first_order")  # B-DARTS reports both orders
 
 
 def family(genotype: AnyGenotype) -> str:
@@ -26,6 +27,11 @@ def count_params(model) -> int:
 
 def _reported_error(reported) -> Optional[float]:
     return next((reported[k] for k in TEST_ERROR_KEYS if k in reported), None)
+
+
+def search_cost(reported) -> Optional[float]:
+    """The reported search cost in GPU days (first order where a paper gives both)."""
+    return next((reported[k] for k in SEARCH_COST_KEYS if k in reported), None)
 
 
 def zoo_rows(family_name: Optional[str] = None, dataset: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -44,7 +50,7 @@ def zoo_rows(family_name: Optional[str] = None, dataset: Optional[str] = None) -
                 family=family(spec.genotype), paper=spec.genotype.paper.get("title"), task="cnn",
                 dataset=evaluation["dataset"], network=spec.network, C=spec.C, layers=spec.layers,
                 params=count_params(model), reported_params_M=reported.get("params_M"),
-                reported_error=_reported_error(reported), search_cost_gpu_days=reported.get("search_cost_gpu_days"),
+                reported_error=_reported_error(reported), search_cost_gpu_days=search_cost(reported),
                 search_gpu=reported.get("search_gpu")))
     return rows
 
@@ -59,7 +65,7 @@ def _language_model_row(name: Optional[str], genotype: RecurrentGenotype, datase
         paper=genotype.paper.get("title"), task="rnn", dataset=dataset, network="rnn", nhid=setting["nhid"],
         ntoken=setting["ntoken"], params=sum(p.numel() for p in model.parameters()),
         reported_params_M=reported.get("params_M"), reported_val_ppl=reported.get("val_ppl"),
-        reported_test_ppl=reported.get("test_ppl"), search_cost_gpu_days=reported.get("search_cost_gpu_days"),
+        reported_test_ppl=reported.get("test_ppl"), search_cost_gpu_days=search_cost(reported),
         setting={k: v for k, v in setting.items() if k != "dataset"}, reported=thaw(reported))
 
 
@@ -81,7 +87,7 @@ def _network_info(model, name: Optional[str], network: str, C: int, layers: int,
             dataset=evaluation and evaluation["dataset"], num_classes=model.num_classes, params=count_params(model),
             flops=count_flops(model, (3, size, size)).conventions(),
             setting=evaluation and {k: v for k, v in evaluation.items() if k not in ("reported", "model")},
-            reported=evaluation and evaluation.get("reported", {})))
+            reported=(evaluation or {}).get("reported", {})))
     return dict(model=name, network=network, C=C, layers=layers, input_size=[3, size, size], datasets=datasets)
 
 

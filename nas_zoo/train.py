@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -110,9 +110,11 @@ def saved_config(out) -> Optional[TrainConfig]:
     return None if checkpoint is None else TrainConfig(**load_state(checkpoint)["config"])
 
 
-def load_trained(target: Target, path, config: TrainConfig, num_classes: Optional[int] = None) -> NetworkBase:
+def load_trained(target: Target, path, config: TrainConfig,
+                 num_classes: Optional[int] = None) -> Tuple[NetworkBase, TrainConfig]:
     """The network in a run's checkpoint (its folder, the run's folder, or a bare ``.safetensors`` file built
-    with ``config``), checked to be ``target``'s architecture; a save killed mid-swap leaves ``.old``, read too."""
+    with ``config``), checked to be ``target``'s architecture, and the settings that sized it; a save killed
+    mid-swap leaves ``.old``, read too."""
     path = Path(path)
     found = None if path.is_file() else find_checkpoint(path) or find_checkpoint(path / "checkpoint")
     if found is not None:
@@ -124,7 +126,7 @@ def load_trained(target: Target, path, config: TrainConfig, num_classes: Optiona
         config, num_classes = TrainConfig(**state["config"]), state.get("num_classes", num_classes)
     model = target.build(config, num_classes)
     load_weights(found or path, model)
-    return model
+    return model, config
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, generator=None) -> DataLoader:
@@ -243,15 +245,16 @@ def _train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resum
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.drop_path_prob = config.drop_path_prob * epoch / config.epochs
-        metrics = dict(epoch=epoch, lr=lr, drop_path_prob=model.drop_path_prob,
+        metrics = dict(epoch=epoch + 1, lr=lr, drop_path_prob=model.drop_path_prob, threads=torch.get_num_threads(),
                        **_train_epoch(model, train_loader, optimizer, scaler, criterion, config, device, epoch),
                        **{f"test_{k}": v for k, v in evaluate_loader(model, test_loader, device).items()})
         if not math.isfinite(metrics["test_loss"]):
             raise FloatingPointError(f"epoch {epoch}: the test loss became {metrics['test_loss']}; the checkpoint "
                                      f"after {epoch} epochs is kept; lower --learning-rate")
         history.append(metrics)
-        log(f"epoch {epoch}: train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.2f}%  "
-            f"test top-1 error {metrics['test_top1_error']:.2f}%  ({metrics['images_per_s']:.0f} img/s)")
+        log(f"epoch {epoch + 1}/{config.epochs}: train loss {metrics['train_loss']:.4f} "
+            f"acc {metrics['train_acc']:.2f}%  test top-1 error {metrics['test_top1_error']:.2f}%  "
+            f"({metrics['images_per_s']:.0f} img/s)")
         save_checkpoint(out / "checkpoint", model, dict(
             epoch=epoch + 1, config=config.to_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
             rng=rng_state(), data_order=order.get_state(), history=history, genotype=target.genotype.to_dict(),
@@ -309,7 +312,8 @@ def _train_epoch(model, loader, optimizer, scaler, criterion, config: TrainConfi
             scaler.step(optimizer)
             scaler.update()
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"epoch {epoch}: the training loss became {loss.item()}; lower --learning-rate")
+                raise FloatingPointError(f"epoch {epoch + 1}: the training loss became {loss.item()}; "
+                                         "lower --learning-rate")
             loss_sum += loss.item() * len(targets)
             correct += (logits.argmax(1) == targets).sum().item()
             seen += len(targets)

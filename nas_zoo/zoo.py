@@ -213,17 +213,18 @@ for _spec in MODELS.values():
 
 
 @register_model
-def nas_genotype(pretrained: bool = False, genotype: Optional[Mapping[str, Any]] = None, network: str = "cifar",
-                 C: int = 36, layers: int = 20, **kwargs) -> nn.Module:
-    """Any genotype record (the format of a genotype file) as a timm model.
+def nas_genotype(pretrained: bool = False, genotype: Union[Genotype, Mapping[str, Any], None] = None,
+                 network: str = "cifar", C: int = 36, layers: int = 20, **kwargs) -> nn.Module:
+    """Any genotype (a ``Genotype``, or a record in the format of a genotype file) as a timm model.
 
     This is the architecture a pushed genotype that is not in the zoo names in its ``config.json``, with the
     record, network, ``C`` and ``layers`` as ``model_args``, so ``timm.create_model("hf-hub:ORG/REPO")`` builds it.
     """
     if genotype is None:
-        raise TypeError(f"{GENOTYPE_MODEL} needs genotype=<a genotype record, as in a genotype file>")
-    (parsed,) = parse_genotypes(dict(genotype), "config.json model_args.genotype").values()
-    return _create(ModelSpec(GENOTYPE_MODEL, parsed, network, C, layers, ()), pretrained, **kwargs)
+        raise TypeError(f"{GENOTYPE_MODEL} needs genotype=<a Genotype or a genotype record, as in a genotype file>")
+    if not isinstance(genotype, Genotype):
+        (genotype,) = parse_genotypes(dict(genotype), "config.json model_args.genotype").values()
+    return _create(ModelSpec(GENOTYPE_MODEL, genotype, network, C, layers, ()), pretrained, **kwargs)
 
 
 @dataclass(frozen=True)

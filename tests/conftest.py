@@ -6,6 +6,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Commands set PyTorch's thread count (--threads); each test starts from the same one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def shared_reference() -> Path:
     path = SHARED / "reference"

@@ -145,3 +145,21 @@ def test_user_genotype_builds_like_a_zoo_one(tmp_path):
     model = nas_zoo.build_network(nas_zoo.load_genotype(path), "cifar")
     reference = nas_zoo.build_network("DARTS_V2", "cifar")
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters()) == 3349342
+
+
+def test_nas_genotype_builds_the_librarys_own_genotype(tmp_path):
+    import timm
+    import torch
+
+    path = tmp_path / "mine.json"
+    save_genotype(nas_zoo.Genotype("MINE", nas_zoo.get_genotype("DARTS_V2").normal, (2, 3, 4, 5), None, (2, 3, 4, 5)),
+                  path)
+    genotype = nas_zoo.load_genotype(path)
+    models = []
+    for given in (genotype, genotype.to_dict()):  # the object load_genotype returns, and its record
+        torch.manual_seed(0)
+        models.append(timm.create_model("nas_genotype", genotype=given, C=8, layers=5, num_classes=10).eval())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(models[0](x), models[1](x), rtol=0, atol=0)
+    assert sum(p.numel() for p in models[0].parameters()) == sum(p.numel() for p in models[1].parameters())

@@ -18,9 +18,9 @@ from nas_zoo.fast import fold_batch_norm
 from nas_zoo.recipes import TrainConfig, paper_recipe
 
 runner = CliRunner()
-def tiny(epochs=2):
+def tiny(epochs=2):  # one thread: the same in every run (the default counts the idle cores)
     return ["--init-channels", "4", "--layers", "3", "--batch-size", "16", "--num-workers", "0",
-            "--epochs", str(epochs), "--deterministic"]
+            "--epochs", str(epochs), "--deterministic", "--threads", "1"]
 
 
 @pytest.fixture
@@ -64,6 +64,23 @@ def test_missing_data_dir_says_where_it_looked(tmp_path):
     result = run("train", "darts_v2", "--dataset", "cifar10", "--data-dir", tmp_path / "nowhere", "--out", tmp_path / "o")
     text = result.output.replace("\n", " ")
     assert result.exit_code == 2 and "nowhere/cifar-10-batches-py/data_batch_1 not found" in text and "--download" in text
+    for args in (["--data-dir", tmp_path / "nowhere"], []):  # evaluate has no --download to suggest
+        result = run("evaluate", "darts_v2", "--dataset", "cifar10", "--no-speed", *args)
+        assert result.exit_code == 2 and "--download" not in result.output and "--data-dir" in result.output
+
+
+def test_offline_download_names_the_data_folder_and_the_cause(tmp_path, monkeypatch):
+    import socket
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    result = run("train", "darts_v2", "--dataset", "cifar10", "--data-dir", tmp_path / "data", "--out", tmp_path / "o",
+                 "--download")
+    (line,) = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and f"into --data-dir {tmp_path / 'data'} failed" in line
+    assert "Temporary failure in name resolution" in line
 
 
 def test_recipes_follow_the_papers():
@@ -106,8 +123,9 @@ def test_train_resume_continues_exactly(cifar, tmp_path, monkeypatch):
     assert result.exit_code == 0 and "resumed from" in result.output, result.output
     a = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert len(a) == len(b) == 2
+    assert len(a) == len(b) == 2 and [m["epoch"] for m in a] == [1, 2] and a[0]["threads"] == 1
     assert [(m["train_loss"], m["test_loss"]) for m in a] == [(m["train_loss"], m["test_loss"]) for m in b]
+    assert "epoch 2/2: train loss" in result.output  # numbered as the progress bar numbers it
 
 
 def test_resume_takes_the_saved_settings_and_may_raise_the_epochs(cifar, tmp_path):
@@ -167,14 +185,22 @@ def test_evaluate_reports_figures_as_json(cifar, tmp_path):
     out = tmp_path / "run"
     assert run("train", "darts_v2", "--dataset", "cifar10", "--data-dir", cifar, "--out", out, *tiny(1)).exit_code == 0
     result = run("evaluate", "darts_v2", "--dataset", "cifar10", "--data-dir", cifar, "--checkpoint",
-                 out / "checkpoint", "--json", "-", "--fast")
+                 out / "checkpoint", "--json", "-", "--fast", "--threads", "1")
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
     assert figures["images"] == 16 and figures["top5_error"] <= figures["top1_error"]
     wrong = [figures[k] * 16 / 100 for k in ("top1_error", "top5_error")]
     assert all(math.isclose(w, round(w)) for w in wrong)  # whole images of the 16
-    assert figures["reported"]["test_error"] == 2.76 and figures["fast"]
+    assert figures["fast"] and figures["threads"] == 1
     assert {"latency_ms_batch1", "throughput_batch64", "params", "flops"} <= set(figures)
+    # a C=4, 3-cell network: the paper's figures (C=36, 20 cells) are not set beside it
+    assert (figures["C"], figures["layers"], figures["reported"]) == (4, 3, None)
+    assert figures["paper_network"] == {"C": 36, "layers": 20}
+    text = run("evaluate", "darts_v2", "--dataset", "cifar10", "--checkpoint", out / "checkpoint", "--no-accuracy",
+               "--no-speed").output
+    assert "not the paper's size" in text and "2.76" not in text
+    text = run("evaluate", "darts_v2", "--dataset", "cifar10", "--no-accuracy", "--no-speed").output
+    assert "C=36, 20 cells" in text and "2.76" in text and "not the paper's size" not in text
 
 
 def test_evaluate_resolves_the_papers_imagenet_network():
