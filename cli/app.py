@@ -1,19 +1,18 @@
 """The ``nas-zoo`` command: list the zoo and inspect genotypes (typer)."""
 import json
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nas_zoo.genotype import DATASETS, Genotype, GenotypeError, RecurrentGenotype, load_genotype
+from nas_zoo.genotype import DATASETS, RecurrentGenotype
+from nas_zoo.resolver import resolve
 from nas_zoo.summary import FAMILIES, genotype_info, language_model_rows, search_cost, zoo_rows
 from nas_zoo.threads import set_threads
-from nas_zoo.zoo import find_model
 
-from .output import console, fail, fitted_table, threads_option
+from .output import console, fail, fitted_table, library_errors, threads_option
 from .search import search_app
 
 # click's plain help (no rich markup: it ate "[default: ...]" and cut option names at 80 columns), wrapped to
@@ -38,19 +37,6 @@ def _print_version(value: bool) -> None:
 def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                           help="print the versions of nas-zoo, torch and timm, and exit")) -> None:
     pass
-
-
-def resolve_genotype(name_or_file: str) -> tuple[Genotype, Optional[str]]:
-    """A zoo model / genotype name, a genotype file, or ``FILE:NAME`` -> (genotype, zoo model or None)."""
-    path, _, entry = name_or_file.partition(":") if not Path(name_or_file).exists() else (name_or_file, "", "")
-    try:
-        if path.endswith(".json") or Path(path).exists():
-            return load_genotype(path, entry or None), None
-        spec = find_model(name_or_file)
-        model = spec.name if name_or_file.split(".")[0] == spec.name else None
-        return spec.genotype, model
-    except (GenotypeError, KeyError) as e:
-        raise fail(str(e).strip('"')) from None
 
 
 def _choice(value: Optional[str], allowed: List[str], option: str) -> None:
@@ -130,10 +116,12 @@ def info_command(
 ) -> None:
     """A genotype: its cells, provenance, paper settings, measured params and FLOPs, reported figures."""
     set_threads(threads)
-    genotype, model = resolve_genotype(name)
+    with library_errors():
+        resolved = resolve(name)
+    genotype = resolved.genotype
     info = genotype_info(genotype)
-    if model is not None:
-        info["networks"] = [n for n in info["networks"] if (n["model"] or "").split(".")[0] == model]
+    if resolved.kind == "model":
+        info["networks"] = [n for n in info["networks"] if (n["model"] or "").split(".")[0] == resolved.model.name]
     if as_json:
         json.dump(info, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -2,52 +2,33 @@
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from nas_zoo.checkpoint import CheckpointError, OutputError
-from nas_zoo.data import IMAGE_SOURCES, DataSpec, DatasetError, MissingDataError, build_dataset
-from nas_zoo.evaluate import device_name, measure_speed, model_figures, paper_figures
+from nas_zoo.data import IMAGE_SOURCES, MissingDataError
+from nas_zoo.evaluate import evaluate_named
 from nas_zoo.genotype import TEXT_DATASETS, write_text_atomic
-from nas_zoo.recipes import TrainConfig, paper_recipe, read_config_file
-from nas_zoo.summary import family
 from nas_zoo.threads import set_threads
-from nas_zoo.train import Target, device_for_run, evaluate_loader, load_trained, make_loader, saved_config, train
-from nas_zoo.zoo import DATASET_TAGS, find_model
+from nas_zoo.train import train_named
 
-from . import lm
-from .app import resolve_genotype
-from .output import console, fail, threads_option
+from .output import console, fail, library_errors, threads_option
 
 
-
-def resolve_target(name: str, dataset: str) -> Target:
-    """A model name, genotype name or genotype file, for ``dataset``: the paper's network for it."""
-    if dataset not in IMAGE_SOURCES:
-        raise fail(f"--dataset {dataset!r} is not one of: {', '.join(IMAGE_SOURCES)}")
-    genotype, model = resolve_genotype(name)
-    lookup = "imagenet" if dataset == "folder" else dataset
-    if model is not None or genotype.source.startswith("genotypes/"):
+def parse_settings(pairs: List[str]) -> Dict[str, Any]:
+    """``--set FIELD=VALUE`` pairs to overrides: JSON values (numbers, booleans), else the text (``cosine``)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--set {pair!r}: expected FIELD=VALUE, e.g. --set epochs=40")
         try:
-            spec = find_model(model or genotype.name, lookup)
-            return Target(genotype, spec.network, dataset, spec.name)
-        except KeyError:
-            pass  # not evaluated on this dataset in its paper: use the default network below
-    setting = genotype.evaluation(lookup)
-    network = setting["network"] if setting else ("imagenet" if lookup == "imagenet" else "cifar")
-    return Target(genotype, network, dataset, None)
-
-
-def recipe_for(target: Target) -> TrainConfig:
-    return paper_recipe(target.genotype, family(target.genotype), target.dataset, target.network)
-
-
-def _default_out(target: Target) -> Path:
-    return Path("runs") / f"{target.model_name or target.genotype.name}-{target.dataset}"
+            overrides[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip().replace("-", "_")] = value
+    return overrides
 
 
 def _recipe(help: str, shown: str = "the paper's"):
@@ -81,56 +62,33 @@ def train_command(
     num_workers: Optional[int] = _recipe("data-loading worker processes", "2"),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic", show_default="off",
                                                  help="deterministic algorithms: a resumed run repeats the losses"),
-    settings: List[str] = typer.Option([], "--set", help="FIELD=VALUE: language-model fields (rnn/train.py names)",
+    settings: List[str] = typer.Option([], "--set", help="FIELD=VALUE: a training field (rnn/train.py's for ptb/wt2)",
                                        show_default="none"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ...", show_default="cuda when available"),
     threads: int = threads_option(),
 ) -> None:
-    """Train with the paper's evaluation recipe; every field can be overridden (flags win over --config).
+    """Train with the paper's evaluation recipe; every field can be overridden (--config, then --set, then flags).
 
-    --resume continues with the run's saved settings; it may raise --epochs and change --num-workers."""
+    Image models take the flags below; language models (ptb, wt2) --epochs, --batch-size, --seed and rnn/train.py's
+    fields by --set or --config. --resume continues with the run's saved settings; it may raise --epochs and
+    change --num-workers."""
     set_threads(threads)
-    if dataset in TEXT_DATASETS:
-        overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, seed=seed).items() if v is not None}
-        lm.train_language_model(name, dataset, data_dir, out or Path("runs") / f"{name}-{dataset}", resume,
-                                {**overrides, **lm.parse_settings(settings)})
-        return
-    target = resolve_target(name, dataset)
-    overrides = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lr_scheduler=lr_scheduler,
-                     momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip, label_smooth=label_smooth,
-                     auxiliary_weight=auxiliary_weight, drop_path_prob=drop_path_prob, cutout_length=cutout_length,
-                     init_channels=init_channels, layers=layers, en_layers=en_layers, seed=seed, num_workers=num_workers,
-                     deterministic=deterministic)
-    out = out or _default_out(target)
-    try:
-        base = (saved_config(out) if resume else None) or recipe_for(target)
-        recipe = base.override(read_config_file(config)).override(overrides)
-        log = Console(stderr=True)
-        train(target, recipe, DataSpec(dataset, data_dir, download), out, resume, device=device,
-              log=lambda message: log.print(message, highlight=False, markup=False, soft_wrap=True))
-    except MissingDataError as e:
-        raise fail(f"{e}{', or pass --download' if dataset.startswith('cifar') else ''}") from None
-    except (DatasetError, CheckpointError, OutputError, ValueError, PermissionError, FloatingPointError) as e:
-        raise fail(str(e)) from None
-    except OSError as e:
-        raise fail(f"{e.filename or out}: {e.strerror}") from None
-
-
-def _load_model(target: Target, checkpoint: Optional[Path], pretrained: bool,
-                num_classes: Optional[int]) -> Tuple[torch.nn.Module, TrainConfig]:
-    """The network to evaluate and the recipe that sized it: from a checkpoint (its run's width and depth),
-    the Hub, or as built."""
-    recipe = recipe_for(target)
-    if checkpoint is not None:
-        return load_trained(target, checkpoint, recipe, num_classes)
-    if pretrained:
-        if target.model_name is None:
-            raise ValueError(f"{target.genotype.name} has no zoo model for {target.dataset}; pass --checkpoint")
-        import timm
-
-        tag = DATASET_TAGS["imagenet" if target.dataset == "folder" else target.dataset]
-        return timm.create_model(f"{target.model_name}.{tag}", pretrained=True), recipe
-    return target.build(recipe, num_classes), recipe
+    flags = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lr_scheduler=lr_scheduler,
+                 momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip, label_smooth=label_smooth,
+                 auxiliary_weight=auxiliary_weight, drop_path_prob=drop_path_prob, cutout_length=cutout_length,
+                 init_channels=init_channels, layers=layers, en_layers=en_layers, seed=seed, num_workers=num_workers,
+                 deterministic=deterministic)
+    flags, settings = {k: v for k, v in flags.items() if v is not None}, parse_settings(settings)
+    twice = sorted(set(flags) & set(settings))
+    if twice:
+        raise fail(f"{', '.join(twice)}: given by its flag and by --set; give it once")
+    log = Console(stderr=True)
+    with library_errors(out):
+        try:
+            train_named(name, dataset, data_dir, out, resume, config, {**settings, **flags}, download, device,
+                        log=lambda message: log.print(message, highlight=False, markup=False, soft_wrap=True))
+        except MissingDataError as e:  # the data's hint is for train only: evaluate has no --download
+            raise fail(f"{e}{', or pass --download' if dataset.startswith('cifar') else ''}") from None
 
 
 def evaluate_command(
@@ -141,11 +99,13 @@ def evaluate_command(
     checkpoint: Optional[Path] = typer.Option(None, help="a run's checkpoint directory or a .safetensors file",
                                               show_default="none: random weights"),
     pretrained: bool = typer.Option(False, help="the published weights of the model (Hub)"),
-    accuracy: bool = typer.Option(True, "--accuracy/--no-accuracy", help="evaluate on the test split"),
-    speed: bool = typer.Option(True, "--speed/--no-speed", help="measure latency (batch 1) and throughput (64)"),
+    accuracy: Optional[bool] = typer.Option(None, "--accuracy/--no-accuracy", help="evaluate on the test split",
+                                            show_default="on"),
+    speed: Optional[bool] = typer.Option(None, "--speed/--no-speed", help="measure latency (batch 1) and throughput "
+                                         "(64)", show_default="on"),
     fast: bool = typer.Option(False, help="folded batch norm + channels-last for the speed figures"),
-    batch_size: int = typer.Option(128, help="batch size of the accuracy pass"),
-    num_workers: int = typer.Option(2, help="data-loading worker processes"),
+    batch_size: Optional[int] = typer.Option(None, help="batch size of the accuracy pass", show_default="128"),
+    num_workers: Optional[int] = typer.Option(None, help="data-loading worker processes", show_default="2"),
     json_path: Optional[str] = typer.Option(None, "--json", help="write the result as JSON to PATH, or - for stdout",
                                             show_default="none"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ...", show_default="cuda when available"),
@@ -153,33 +113,12 @@ def evaluate_command(
 ) -> None:
     """Top-1/top-5 error, loss, params, FLOPs, latency and throughput (perplexity and tokens/s for ptb/wt2)."""
     set_threads(threads)
-    if dataset in TEXT_DATASETS:
-        if data_dir is None:
-            raise fail(f"{dataset}: no --data-dir given; point it at the corpus files")
-        _write_result(lm.evaluate_language_model(name, dataset, data_dir, checkpoint), json_path or "-")
+    with library_errors():
+        result = evaluate_named(name, dataset, data_dir, checkpoint, pretrained, accuracy, speed, fast, batch_size,
+                                num_workers, device)
+    if dataset in TEXT_DATASETS:  # no table for perplexities: JSON, on standard output by default
+        _write_result(result, json_path or "-")
         return
-    target = resolve_target(name, dataset)
-    try:
-        device = device_for_run(device)
-        model, recipe = _load_model(target, checkpoint, pretrained, None)
-        input_size = tuple(model.pretrained_cfg["input_size"])
-        result = dict(model=target.model_name, genotype=target.genotype.name, network=target.network,
-                      C=recipe.init_channels, layers=recipe.layers, dataset=dataset,
-                      checkpoint=str(checkpoint) if checkpoint else None, device=device_name(device),
-                      threads=torch.get_num_threads(), **model_figures(model, input_size))
-        if accuracy:
-            if data_dir is None:
-                raise DatasetError(f"{dataset}: no --data-dir given; point it at the dataset, or pass --no-accuracy "
-                                   "to measure params, FLOPs and speed only")
-            test_set = build_dataset(DataSpec(dataset, data_dir), model.pretrained_cfg, train=False)
-            model.to(device)
-            result.update(evaluate_loader(model, make_loader(test_set, batch_size, False, num_workers), device))
-        if speed:
-            result.update(measure_speed(model, input_size, device, fast), fast=fast)
-        result.update(paper_figures(target.genotype, "imagenet" if dataset == "folder" else dataset, target.network,
-                                    recipe.init_channels, recipe.layers))
-    except (DatasetError, CheckpointError, ValueError) as e:
-        raise fail(str(e)) from None
     if json_path:
         _write_result(result, json_path)
     if json_path != "-":

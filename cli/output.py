@@ -1,6 +1,9 @@
-"""What every command shares: the console, the one-line error, tables that fit, the --threads option."""
+"""What every command shares: the console, the one-line error, the library's errors as that line, tables that
+fit, the --threads option."""
+import contextlib
 import os
 import sys
+from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import typer
@@ -8,6 +11,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from nas_zoo.checkpoint import CheckpointError, OutputError
+from nas_zoo.genotype import UnknownNameError
 from nas_zoo.threads import AUTO
 
 # a pipe gets wide lines, unless COLUMNS says otherwise
@@ -20,6 +25,18 @@ def fail(message: str) -> "typer.Exit":
     stderr.print("[bold red]error:[/] ", end="", highlight=False)
     stderr.print(message, markup=False, highlight=False, soft_wrap=True)  # brackets in messages stay
     return typer.Exit(2)
+
+
+@contextlib.contextmanager
+def library_errors(out: Optional[Path] = None):
+    """The library's errors (bad input of any kind) as one line on stderr and exit status 2; other
+    exceptions are bugs and keep their traceback."""
+    try:
+        yield
+    except (ValueError, UnknownNameError, CheckpointError, OutputError, FloatingPointError, PermissionError) as e:
+        raise fail(str(e)) from None
+    except OSError as e:  # a folder that cannot be written, a disk that is full
+        raise fail(f"{e.filename or out}: {e.strerror}") from None
 
 
 THREADS_HELP = f"PyTorch's CPU threads; {AUTO}: one per core idle at start (README, Threads)"

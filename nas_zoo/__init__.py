@@ -4,10 +4,12 @@
 """
 from .genotype import Genotype, GenotypeError, UnknownNameError, get_genotype, list_genotypes, load_genotype
 from .networks import BroadNetwork, CellNetwork, build_network
+from .resolver import Resolved, ResolveError, resolve
 from .zoo import ModelSpec, create_model, get_model_spec, list_models
 
 __version__ = "0.1.0"
 __all__ = [
     "Genotype", "GenotypeError", "UnknownNameError", "get_genotype", "list_genotypes", "load_genotype",
     "BroadNetwork", "CellNetwork", "build_network", "ModelSpec", "create_model", "get_model_spec", "list_models",
+    "Resolved", "ResolveError", "resolve",
 ]

@@ -3,14 +3,20 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .data import DataSpec, DatasetError, build_dataset
 from .fast import fast_inference
 from .flops import count_flops
+from .genotype import TEXT_DATASETS
+from .lm import evaluate_language_model
+from .recipes import TrainConfig
 from .summary import count_params
+from .train import Target, device_for_run, evaluate_loader, load_trained, make_loader
+from .zoo import DATASET_TAGS
 
 
 @torch.no_grad()
@@ -62,3 +68,71 @@ def paper_figures(genotype, dataset: str, network: str, C: int, layers: int) -> 
         return dict(reported=None, paper_network=None)
     paper = dict(C=setting.get("C"), layers=setting.get("layers"))
     return dict(reported=dict(setting["reported"]) if paper == dict(C=C, layers=layers) else None, paper_network=paper)
+
+
+def load_model(target: Target, checkpoint: Optional[Path] = None,
+               pretrained: bool = False) -> Tuple[nn.Module, TrainConfig]:
+    """The network to evaluate and the recipe that sized it: from a checkpoint (its run's width and depth), the
+    published weights, or as built at the paper's size."""
+    if checkpoint is not None and pretrained:
+        raise ValueError("checkpoint and pretrained: give one (the checkpoint's weights or the published ones)")
+    recipe = target.recipe()
+    if checkpoint is not None:
+        return load_trained(target, checkpoint, recipe)
+    if pretrained:
+        if target.model_name is None:
+            raise ValueError(f"{target.genotype.name} has no zoo model for {target.dataset}; pass a checkpoint")
+        import timm
+
+        tag = DATASET_TAGS["imagenet" if target.dataset == "folder" else target.dataset]
+        return timm.create_model(f"{target.model_name}.{tag}", pretrained=True), recipe
+    return target.build(recipe), recipe
+
+
+def evaluate_named(name: str, dataset: str, data_dir: Optional[Path] = None, checkpoint: Optional[Path] = None,
+                   pretrained: bool = False, accuracy: Optional[bool] = None, speed: Optional[bool] = None,
+                   fast: bool = False, batch_size: Optional[int] = None, num_workers: Optional[int] = None,
+                   device: Optional[str] = None) -> Dict[str, Any]:
+    """What ``nas-zoo evaluate`` measures of ``name`` (``nas_zoo.resolve``) on ``dataset``, as a dict.
+
+    Images: top-1/top-5 error and loss on the test split (``accuracy``, default on; ``batch_size`` 128,
+    ``num_workers`` 2), params, FLOPs, latency and throughput (``speed``, default on; ``fast``: folded batch norm
+    and channels-last), beside the paper's figures (``reported``; None when the network measured, ``C`` and
+    ``layers``, is not the paper's size, ``paper_network``). Corpora: perplexity and tokens/s, at the run's batch
+    sizes on the CPU, so the image options are refused there, as is any option that its other choices leave unused.
+    """
+    if dataset in TEXT_DATASETS:
+        given = [k for k, v in dict(pretrained=pretrained, fast=fast).items() if v]
+        given += [k for k, v in dict(accuracy=accuracy, speed=speed, batch_size=batch_size, num_workers=num_workers,
+                                     device=device).items() if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: not for a language model ({dataset}), which is evaluated at its "
+                             "run's batch sizes on the CPU, always with perplexity and tokens/s")
+        if data_dir is None:
+            raise ValueError(f"{dataset}: no data directory given (data_dir, --data-dir); point it at the corpus files")
+        return evaluate_language_model(name, dataset, data_dir, checkpoint)
+    loading = [k for k, v in dict(batch_size=batch_size, num_workers=num_workers).items() if v is not None]
+    if accuracy is False and loading:
+        raise ValueError(f"{', '.join(loading)}: for the accuracy pass, which accuracy=False (--no-accuracy) skips")
+    if speed is False and fast:
+        raise ValueError("fast: for the speed figures, which speed=False (--no-speed) skips")
+    target = Target.of(name, dataset)
+    run_device = device_for_run(device)
+    model, recipe = load_model(target, checkpoint, pretrained)
+    input_size = tuple(model.pretrained_cfg["input_size"])
+    result = dict(model=target.model_name, genotype=target.genotype.name, network=target.network,
+                  C=recipe.init_channels, layers=recipe.layers, dataset=dataset,
+                  checkpoint=str(checkpoint) if checkpoint else None, device=device_name(run_device),
+                  threads=torch.get_num_threads(), **model_figures(model, input_size))
+    if accuracy is not False:
+        if data_dir is None:
+            raise DatasetError(f"{dataset}: no data directory given (data_dir, --data-dir); point it at the dataset, "
+                               "or measure params, FLOPs and speed only (accuracy=False, --no-accuracy)")
+        test_set = build_dataset(DataSpec(dataset, data_dir), model.pretrained_cfg, train=False)
+        loader = make_loader(test_set, batch_size or 128, False, 2 if num_workers is None else num_workers)
+        result.update(evaluate_loader(model.to(run_device), loader, run_device))
+    if speed is not False:
+        result.update(measure_speed(model, input_size, run_device, fast), fast=fast)
+    result.update(paper_figures(target.genotype, "imagenet" if dataset == "folder" else dataset, target.network,
+                                recipe.init_channels, recipe.layers))
+    return result

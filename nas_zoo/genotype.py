@@ -76,14 +76,18 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
-def unknown_name(kind: str, name: str, known: List[str]) -> UnknownNameError:
+def closest(name: str, known: List[str]) -> str:
+    """``closest: a, b`` (difflib, case-insensitive), or every known name when none is close."""
     by_lower: Dict[str, List[str]] = {}
     for k in known:
         by_lower.setdefault(k.lower(), []).append(k)
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=5, cutoff=0.4)
     names = [k for c in close for k in by_lower[c]][:5]
-    hint = f"closest: {', '.join(names)}" if names else f"known: {', '.join(sorted(known))}"
-    return UnknownNameError(f"unknown {kind} {name!r}; {hint}")
+    return f"closest: {', '.join(names)}" if names else f"known: {', '.join(sorted(known))}"
+
+
+def unknown_name(kind: str, name: str, known: List[str]) -> UnknownNameError:
+    return UnknownNameError(f"unknown {kind} {name!r}; {closest(name, known)}")
 
 
 def _freeze(value: Any) -> Any:

@@ -15,17 +15,22 @@ file names and checks them against the sha256 recorded there; ``hf-hub:`` downlo
 sha256 the Hub reports for the file (its LFS etag). A file that fails the check is removed from the cache.
 """
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .checkpoint import CheckpointError, OutputError, atomic_directory, load_fitting, locked_output
-from .download import WEIGHTS_NAME
-from .genotype import is_flat
+from .convert import LAYOUTS, CheckpointFormatError, convert_state_dict, read_checkpoint
+from .download import WEIGHTS_NAME, sha256_of
+from .genotype import Genotype, is_flat
+from .lm import convert_language_model
+from .resolver import resolve
 from .zoo import DATASET_TAGS, GENOTYPE_MODEL, MODELS, NUM_CLASSES, ModelSpec, _pretrained_cfg
 
 
@@ -226,3 +231,149 @@ def push_folder(directory, repo_id: str, private: bool = False) -> str:
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.upload_folder(repo_id=repo_id, folder_path=str(directory), commit_message="Upload nas-zoo weights")
     return commit.commit_url
+
+
+class HubError(ValueError):
+    """Weights that cannot be converted or pushed as asked; the message says what to pass instead."""
+
+
+def weights_target(name: str, num_classes: int, dataset: Optional[str] = None, network: Optional[str] = None,
+                   C: Optional[int] = None, layers: Optional[int] = None,
+                   en_layers: Optional[int] = None) -> WeightsTarget:
+    """What weights with ``num_classes`` classes are as ``name`` (``nas_zoo.resolve``: a zoo model, its tag, a
+    genotype, or a genotype file, built as ``nas_genotype`` on ``network``), at ``C``/``layers``/``en_layers``
+    when not the paper's."""
+    resolved = resolve(name, dataset)
+    if not isinstance(resolved.genotype, Genotype):
+        raise HubError(f"{resolved.genotype.name} is a recurrent cell; these are an image network's weights")
+    if resolved.kind == "file":
+        setting = next(iter(resolved.genotype.evaluations), {})
+        spec = ModelSpec(GENOTYPE_MODEL, resolved.genotype, network or setting.get("network", "cifar"),
+                         setting.get("C", 36), setting.get("layers", 20), ())
+    elif resolved.model is None:
+        raise HubError(f"{resolved.genotype.name} has no {resolved.dataset} network in its paper; name a genotype "
+                       "file (and its network) to build one")
+    elif network is not None:
+        raise HubError(f"network: for a genotype file; {resolved.model.name} is the zoo's {resolved.model.network} "
+                       "network")
+    else:
+        spec = resolved.model
+    if en_layers is not None and not spec.network.startswith("bcnn"):
+        raise HubError(f"en_layers: for the broad networks (bcnn, bcnn_imagenet); {spec.name} is {spec.network}")
+    return WeightsTarget.of(spec, resolved.dataset, num_classes, C, layers, en_layers)
+
+
+def _num_classes(state_dict: Mapping[str, torch.Tensor], source) -> int:
+    if "classifier.weight" not in state_dict:
+        raise CheckpointError(f"{source}: no classifier.weight; not a classification network's weights")
+    return state_dict["classifier.weight"].shape[0]
+
+
+def _save(out, target: WeightsTarget, state_dict, load_as: str, evaluation, source: str) -> Path:
+    """``save_pretrained``, its errors saying which size was tried."""
+    size = f"{target.spec.name} at C={target.spec.C}, layers={target.spec.layers}"
+    try:
+        return save_pretrained(out, target, state_dict, load_as, evaluation, source)
+    except ValueError as e:
+        raise HubError(f"cannot build {size}: {e}") from None
+    except CheckpointError as e:  # the weights do not fit (an OutputError is no CheckpointError: it passes)
+        raise CheckpointError(f"{e}; pass C and layers (--C, --layers) if it was trained at another size than "
+                              f"{size}") from None
+
+
+@dataclass(frozen=True)
+class Written:
+    """A weights folder ``convert`` wrote: what it holds and the Python that loads it."""
+
+    folder: Path
+    holds: str  # model, dataset and size
+    load: str
+
+
+def convert(path, layout: str, model: str, out, dataset: Optional[str] = None, network: Optional[str] = None,
+            C: Optional[int] = None, layers: Optional[int] = None, en_layers: Optional[int] = None) -> Written:
+    """An authors' checkpoint (``path``, in ``layout``'s key names: a key of ``convert.LAYOUTS``) as nas-zoo's
+    weights folder ``out``, as ``model`` (see ``weights_target``). GDAS's checkpoints name their dataset, width,
+    depth and genotype: they are taken (and checked) from there. A DARTS language model's size comes from it."""
+    if layout not in LAYOUTS:
+        raise HubError(f"layout {layout!r} is not one of: {', '.join(LAYOUTS)}")
+    path, out = Path(path), Path(out)
+    state_dict, extra = read_checkpoint(path)
+    if "rnns.0._W0" in state_dict:  # the DARTS language model (rnn/model.py), e.g. a whole pickled model.pt
+        given = [k for k, v in dict(network=network, C=C, layers=layers, en_layers=en_layers).items() if v is not None]
+        if given:
+            raise HubError(f"{', '.join(given)}: not for a language model (its size comes from the checkpoint)")
+        name, folder = convert_language_model(state_dict, model, out, dataset, str(path))
+        return Written(folder, name, f"nas_zoo.checkpoint.load_weights('{folder}', nas_zoo.create_model('{name}', "
+                                     "**config['model_args']))")
+    args = extra.get("args", {})  # NAS-Projects (GDAS) records the network it trained
+    if args.get("dataset") in NUM_CLASSES:
+        dataset = dataset or args["dataset"]
+    classes = _num_classes(state_dict, path)
+    target = weights_target(model, classes, dataset, network, C or args.get("init_channels"),
+                            layers or args.get("layers"), en_layers)
+    spec = target.spec
+    if args.get("arch") and args["arch"].lower() != spec.genotype.name.lower():
+        raise HubError(f"{path} was trained as {args['arch']} (its args.arch), not {spec.genotype.name}")
+    auxiliary = any(k.startswith("auxiliary_head.") for k in state_dict)
+    try:
+        converted = convert_state_dict(state_dict, layout, target.create(num_classes=classes, auxiliary=auxiliary))
+    except ValueError as e:
+        raise HubError(f"cannot build {spec.name} at C={spec.C}, layers={spec.layers}: {e}") from None
+    except KeyError as e:
+        raise CheckpointFormatError(f"{path}: {e.args[0]}; is it a {layout} checkpoint of {spec.genotype.name} at "
+                                    f"C={spec.C}, layers={spec.layers}?") from None
+    folder = _save(out, target, converted, f"local-dir:{out}", None,
+                   f"{path.name}, converted from the {layout} code's layout by `nas-zoo convert`")
+    return Written(folder, f"{spec.name}, {target.dataset}, C={spec.C}, layers={spec.layers}",
+                   f"timm.create_model('local-dir:{folder}', pretrained=True) after import nas_zoo")
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """Weights ``push`` uploaded: what they are, where, and their file's sha256."""
+
+    target: WeightsTarget
+    url: str
+    sha256: str
+
+
+def push(name: str, checkpoint, repo_id: str, evaluation: Union[None, str, os.PathLike, Mapping[str, Any]] = None,
+         dataset: Optional[str] = None, network: Optional[str] = None, C: Optional[int] = None,
+         layers: Optional[int] = None, en_layers: Optional[int] = None, private: bool = False) -> Pushed:
+    """Upload nas-zoo weights (``checkpoint``: a ``.safetensors`` file, a run's checkpoint folder or a converted
+    folder) as ``name`` (see ``weights_target``) to the Hub repository ``repo_id``, with a model card that shows
+    ``evaluation`` (``evaluate_named``'s result, or the JSON file ``nas-zoo evaluate --json`` wrote)."""
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise HubError(f"repo id {repo_id!r} is not ORG/REPO")
+    checkpoint = Path(checkpoint)
+    file = checkpoint / WEIGHTS_NAME if checkpoint.is_dir() else checkpoint
+    try:
+        state_dict = load_file(str(file))
+    except Exception as e:  # noqa: BLE001 - missing, truncated or not safetensors: one message
+        raise CheckpointFormatError(f"{file}: not a readable safetensors file ({e})") from None
+    metrics, where = evaluation, "the evaluation"
+    if isinstance(evaluation, (str, os.PathLike)):
+        where = str(evaluation)
+        try:
+            metrics = json.loads(Path(evaluation).read_text())
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: not JSON, or not UTF-8
+            raise HubError(f"{evaluation}: not a readable evaluation JSON ({e})") from None
+    if metrics is not None:
+        problem = evaluation_problem(metrics)
+        if problem:
+            raise HubError(f"{where}: {problem}")
+        dataset = dataset or metrics.get("dataset")
+    target = weights_target(name, _num_classes(state_dict, file), dataset, network, C, layers, en_layers)
+    if metrics is not None and metrics.get("dataset", target.dataset) != target.dataset:
+        raise HubError(f"{where} evaluates on {metrics['dataset']}, the weights are for {target.dataset}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _save(Path(tmp) / "repo", target, state_dict, f"hf-hub:{repo_id}", metrics,
+                       f"{file.name}, pushed by `nas-zoo push`")
+        digest = sha256_of(folder / WEIGHTS_NAME)
+        try:
+            url = push_folder(folder, repo_id, private)
+        except Exception as e:  # noqa: BLE001 - auth, network, permission: the Hub's message says which
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise HubError(f"pushing to {repo_id} failed: {first_line} (token: HF_TOKEN or `hf auth login`)") from None
+    return Pushed(target, url, digest)

@@ -27,10 +27,10 @@ from safetensors.torch import save_file
 from .checkpoint import (atomic_directory, find_checkpoint, load_fitting, load_state, load_weights, locked_output,
                          rng_state, save_checkpoint, set_rng_state)
 from .convert import convert_state_dict
-from .corpus import Corpus, batchify, get_batch
-from .genotype import RecurrentGenotype, get_genotype, list_genotypes, load_genotype, parse_genotypes, unknown_name
+from .corpus import Corpus, batchify, get_batch, load_corpus
+from .genotype import RecurrentGenotype, parse_genotypes
+from .resolver import resolve
 from .rnn import CORPUS_SETTINGS, RNNModel, paper_setting
-from .zoo import LM_MODELS
 
 
 class LMError(ValueError):
@@ -93,37 +93,47 @@ class LMConfig:
                     dropouti=self.dropouti, dropoute=self.dropoute)
 
 
-def resolve(name: str, dataset: str) -> Tuple[str, RecurrentGenotype, Dict[str, Any]]:
-    """(model name, genotype, paper setting) for a zoo language model, a recurrent genotype or a genotype file.
+def language_model(name: str, dataset: str) -> Tuple[str, RecurrentGenotype, Dict[str, Any]]:
+    """(model name, cell, paper setting) of ``name`` (``nas_zoo.resolve``) on the corpus ``dataset``.
 
-    A genotype without a zoo model on ``dataset`` gets the corpus's settings (as DARTS transferred to WT2).
+    A cell without a zoo model on ``dataset`` gets the corpus's settings (as DARTS transferred to WT2).
     """
+    resolved = resolve(name, dataset)
     if dataset not in CORPUS_SETTINGS:
         raise LMError(f"unknown corpus {dataset!r}; language models train on {', '.join(CORPUS_SETTINGS)}")
-    path, _, entry = name.partition(":") if not Path(name).exists() else (name, "", "")
-    if path.endswith(".json") or Path(path).exists():
-        genotype = load_genotype(path, entry or None)
-    elif name.split(".", 1)[0] in LM_MODELS:
-        spec = LM_MODELS[name.split(".", 1)[0]]
-        if spec.dataset != dataset:
-            raise LMError(f"{spec.name} is the {spec.dataset} model; for {dataset} name its cell, "
-                          f"{spec.genotype.name}, or a genotype file")
-        return spec.name, spec.genotype, dict(spec.setting)
+    if resolved.model is not None:
+        return resolved.model.name, resolved.genotype, dict(resolved.model.setting)
+    return f"{resolved.genotype.name.lower()}_{dataset}", resolved.genotype, paper_setting(resolved.genotype, dataset)
+
+
+def train_language_model(name: str, dataset: str, data_dir, out: Optional[Path] = None, resume: bool = False,
+                         overrides: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print,
+                         progress: bool = True) -> Dict[str, Any]:
+    """Train ``name`` (a zoo language model, a recurrent cell or a genotype file) on ``dataset`` from the corpus
+    in ``data_dir`` with the paper's recipe, ``overrides`` on top, into ``out`` (default ``runs/MODEL-DATASET``)."""
+    model_name, genotype, setting = language_model(name, dataset)
+    corpus = load_corpus(dataset, data_dir)
+    out = Path(out or Path("runs") / f"{model_name}-{dataset}")
+    result = train_lm(model_name, genotype, corpus, out, setting, overrides, resume, log, progress)
+    log(f"{model_name} on {dataset}: best valid ppl {result['valid_ppl']:.2f}, test ppl {result['test_ppl']:.2f} "
+        f"({out / 'best'})")
+    return result
+
+
+def evaluate_language_model(name: str, dataset: str, data_dir, checkpoint: Optional[Path] = None) -> Dict[str, Any]:
+    """Validation and test perplexity, params and tokens/s of ``name`` on ``dataset``: the weights in
+    ``checkpoint`` (checked to be that model), or the untrained model without one."""
+    model_name, genotype, setting = language_model(name, dataset)
+    corpus = load_corpus(dataset, data_dir)
+    if checkpoint is None:
+        result = evaluate_model(build_model(genotype, len(corpus.words), LMConfig.create(setting, {})), corpus,
+                                name=model_name)
     else:
-        recurrent = [g for g in list_genotypes() if isinstance(get_genotype(g), RecurrentGenotype)]
-        try:
-            genotype = get_genotype(name)
-        except KeyError:
-            raise unknown_name("language model or recurrent genotype", name, [*LM_MODELS, *recurrent]) from None
-        if not isinstance(genotype, RecurrentGenotype):
-            raise LMError(f"{genotype.name} is a CNN genotype; language models need a recurrent cell: "
-                          f"{', '.join([*LM_MODELS, *recurrent])}")
-        spec = next((s for s in LM_MODELS.values() if s.genotype is genotype and s.dataset == dataset), None)
-        if spec is not None:
-            return spec.name, genotype, dict(spec.setting)
-    if not isinstance(genotype, RecurrentGenotype):
-        raise LMError(f"{path}: {genotype.name} is a CNN genotype; a language model needs \"recurrent\" steps")
-    return f"{genotype.name.lower()}_{dataset}", genotype, paper_setting(genotype, dataset)
+        result = evaluate_checkpoint(checkpoint, corpus)
+        if result["model"] != model_name:
+            raise LMError(f"{checkpoint} holds a {result['model']} model, not {model_name}")
+    return {**result, "checkpoint": None if checkpoint is None else str(checkpoint),
+            "threads": torch.get_num_threads()}
 
 
 def build_model(genotype: RecurrentGenotype, ntoken: int, config: LMConfig) -> RNNModel:
@@ -145,7 +155,7 @@ def convert_language_model(state_dict: Dict[str, torch.Tensor], name: str, out: 
     if dataset is None:
         raise LMError(f"{source}: its {ntoken:,}-word vocabulary is neither PTB's nor WT2's; pass the corpus "
                       f"(--dataset ptb|wt2)")
-    model_name, genotype, _ = resolve(name, dataset)
+    model_name, genotype, _ = language_model(name, dataset)
     model = RNNModel(genotype, ntoken, nhid)
     try:
         load_fitting(convert_state_dict(state_dict, "darts_rnn", model), model, source)

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -22,10 +22,13 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import (CheckpointError, find_checkpoint, load_state, load_weights, locked_output, rng_state,
                          save_checkpoint, set_rng_state)
-from .data import DataSpec, build_dataset
-from .genotype import Genotype, write_text_atomic
+from .data import IMAGE_SOURCES, DatasetError, DataSpec, build_dataset
+from .genotype import TEXT_DATASETS, Genotype, write_text_atomic
+from .lm import LMConfig, LMError, train_language_model
 from .networks import NetworkBase, build_network
-from .recipes import TrainConfig
+from .recipes import TrainConfig, paper_recipe, read_config_file
+from .resolver import resolve
+from .summary import family
 from .zoo import NUM_CLASSES, data_config
 
 
@@ -37,6 +40,25 @@ class Target:
     network: str
     dataset: str
     model_name: Optional[str] = None  # the zoo model, when it is one
+
+    @classmethod
+    def of(cls, name: str, dataset: str) -> "Target":
+        """``name`` (``nas_zoo.resolve``) on ``dataset``: the network its paper evaluated there, else the
+        genotype's setting for the dataset, else the dataset's default network."""
+        if dataset not in IMAGE_SOURCES:
+            raise DatasetError(f"dataset {dataset!r} is not one of: {', '.join(IMAGE_SOURCES)} (images), "
+                               f"{', '.join(TEXT_DATASETS)} (language models)")
+        lookup = "imagenet" if dataset == "folder" else dataset  # a class-folder dataset is built as ImageNet's
+        resolved = resolve(name, lookup)
+        if resolved.model is not None:
+            return cls(resolved.genotype, resolved.model.network, dataset, resolved.model.name)
+        setting = resolved.genotype.evaluation(lookup)
+        network = setting["network"] if setting else ("imagenet" if lookup == "imagenet" else "cifar")
+        return cls(resolved.genotype, network, dataset)
+
+    def recipe(self) -> TrainConfig:
+        """The paper's training recipe for this network on this dataset."""
+        return paper_recipe(self.genotype, family(self.genotype), self.dataset, self.network)
 
     def build(self, config: TrainConfig, num_classes: Optional[int] = None) -> NetworkBase:
         auxiliary = config.auxiliary_weight > 0 and not self.network.startswith("bcnn")
@@ -135,6 +157,28 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device) 
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=True)
+
+
+def train_named(name: str, dataset: str, data_dir, out: Optional[Path] = None, resume: bool = False,
+                config: Optional[Path] = None, overrides: Optional[Mapping[str, Any]] = None, download: bool = False,
+                device: Optional[str] = None, log: Callable[[str], None] = print):
+    """Train ``name`` (``nas_zoo.resolve``) on ``dataset`` with its paper's recipe, the fields in the JSON file
+    ``config`` and then ``overrides`` on top: ``TrainConfig`` fields for images, ``LMConfig`` ones (rnn/train.py's
+    names) for the corpora. A resumed run starts from its saved settings. The run goes to ``out`` (default
+    ``runs/MODEL-DATASET``); returns the per-epoch metrics, or a language model's best perplexities."""
+    values = {**read_config_file(config), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    if dataset in TEXT_DATASETS:
+        lm_fields = [f.name for f in fields(LMConfig)]
+        given = sorted(set(values) & {f.name for f in fields(TrainConfig)} - set(lm_fields))
+        given += [k for k, v in (("download", download), ("device", device)) if v]
+        if given:
+            raise LMError(f"{', '.join(given)}: not for a language model ({dataset}), which trains on the CPU with "
+                          f"rnn/train.py's settings: {', '.join(lm_fields)}")
+        return train_language_model(name, dataset, data_dir, out, resume, values, log)
+    target = Target.of(name, dataset)
+    out = Path(out or Path("runs") / f"{target.model_name or target.genotype.name}-{dataset}")
+    recipe = ((saved_config(out) if resume else None) or target.recipe()).override(values)
+    return train(target, recipe, DataSpec(dataset, data_dir, download), out, resume, log, device)
 
 
 def train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume: bool = False,

@@ -237,6 +237,10 @@ class LanguageModelSpec:
     setting: Mapping[str, Any]  # rnn.paper_setting: ntoken, nhid, dropouts, wdecay, epochs
 
     @property
+    def tags(self) -> List[str]:
+        return [self.dataset]
+
+    @property
     def datasets(self) -> List[str]:
         return [self.dataset]
 
@@ -307,31 +311,6 @@ def get_model_spec(name: str) -> AnySpec:
     if base not in MODELS:
         raise unknown_name("model", name, [*MODELS, *LM_MODELS])
     return MODELS[base]
-
-
-def find_model(name: str, dataset: Optional[str] = None) -> AnySpec:
-    """The zoo model for ``name`` (a model or a genotype) evaluated on ``dataset`` in its paper.
-
-    ``find_model("gdas_v1", "imagenet")`` is ``gdas_v1_imagenet``: the paper's ImageNet network for GDAS_V1;
-    ``find_model("DARTS_V2_RNN", "wt2")`` is ``darts_v2_wt2``.
-    """
-    specs = [*MODELS.values(), *LM_MODELS.values()]
-    if name.split(".", 1)[0] in MODELS or name.split(".", 1)[0] in LM_MODELS:
-        spec = get_model_spec(name)
-        genotype = spec.genotype
-        if dataset is None or dataset in spec.datasets:
-            return spec
-    else:
-        try:
-            genotype = get_genotype(name)
-        except KeyError:
-            raise unknown_name("model or genotype", name, [s.name for s in specs] + list_genotypes()) from None
-    candidates = [s for s in specs if s.genotype is genotype and (dataset is None or dataset in s.datasets)]
-    if not candidates:
-        evaluated = sorted({d for s in specs if s.genotype is genotype for d in s.datasets})
-        raise KeyError(f"{genotype.name} has no {dataset} network in its paper (evaluated on: "
-                       f"{', '.join(evaluated) or 'nothing'}); build one with nas_zoo.build_network")
-    return candidates[0]
 
 
 def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:

@@ -152,7 +152,7 @@ CASES = [
     ("train-huge-depth", None, [*TRAIN, "--layers", "100000"], 2, "out of range"),
     ("train-absent-gpu", None, [*TRAIN, "--device", "cuda:99"], 2, "no such CUDA GPU"),
     ("train-unknown-device", None, [*TRAIN, "--device", "tpu"], 2, "is not cpu, cuda or cuda:N"),
-    ("train-unknown-dataset", None, [*TRAIN[:3], "mnist", *TRAIN[4:]], 2, "--dataset 'mnist' is not one of"),
+    ("train-unknown-dataset", None, [*TRAIN[:3], "mnist", *TRAIN[4:]], 2, "dataset 'mnist' is not one of"),
     ("train-no-data", None, [*TRAIN[:5], "{root}/nowhere", *TRAIN[6:]], 2, "data_batch_1 not found"),
     ("train-labels-out-of-range", lambda r, t: _cifar_batch(r, "test_batch", [3, 12]), TRAIN, 2,
      "holds the label 12; expected 0..9"),
@@ -204,7 +204,7 @@ CASES = [
     ("push-eval-wrong-type", lambda r, t: _write(r / "eval.json", {"params": "many"}), PUSH, 2, "field 'params'"),
     # language models
     ("lm-lr-nan", lambda r, t: _corpus(r), [*LM, "--set", "lr=NaN"], 2, "setting 'lr' must be a number, got nan"),
-    ("lm-epochs-string", lambda r, t: _corpus(r), [*LM, "--set", 'epochs="3"'], 2, "setting 'epochs' must be an integer"),
+    ("lm-setting-string", lambda r, t: _corpus(r), [*LM, "--set", 'nhid="3"'], 2, "setting 'nhid' must be an integer"),
     ("lm-out-locked", lambda r, t: _corpus(r), LM, 2, "is being written by pid"),
 ]
 

@@ -22,7 +22,7 @@ import nas_zoo
 from nas_zoo.checkpoint import load_weights
 from nas_zoo.cli.app import app
 from nas_zoo.convert import CheckpointFormatError, read_checkpoint
-from nas_zoo.zoo import find_model
+from nas_zoo.resolver import resolve
 
 FIXTURES = Path(__file__).parent / "fixtures" / "authors"
 INDEX = json.loads((FIXTURES / "index.json").read_text())["entries"]
@@ -62,7 +62,7 @@ def outputs():
 def test_converted_checkpoints_give_the_authors_logits(entry, outputs, tmp_path):
     authors = load_file(FIXTURES / entry["state_dict"])
     checkpoint = saved_as_the_authors_do(entry, authors, tmp_path / "checkpoint.pth.tar")
-    model = find_model(entry["genotype"], "imagenet" if entry["network"].endswith("imagenet") else None).name
+    model = resolve(entry["genotype"], "imagenet" if entry["network"].endswith("imagenet") else None).model.name
     size = [] if entry["code"] == "gdas" else ["--C", str(entry["C"]), "--layers", str(entry["layers"])]
     out = tmp_path / "converted"
     result = CliRunner().invoke(app, ["convert", "--from", FAMILY.get(entry["code"], entry["code"]), str(checkpoint),
@@ -80,7 +80,7 @@ def gdas_entry():
 
 @pytest.mark.parametrize("model, C, expected", [
     ("darts_v2", "4", ["missing keys ['cells.0.ops.0.op.1.weight'", "unexpected keys ['cells.0.ops.5."]),
-    ("gdas_f1", "8", ["shape mismatches", "pass --C/--layers"]),
+    ("gdas_f1", "8", ["shape mismatches", "pass C and layers (--C, --layers)"]),
 ])
 def test_a_checkpoint_that_does_not_fit_is_refused_with_its_keys_or_shapes(tmp_path, model, C, expected):
     entry = gdas_entry()
@@ -184,7 +184,7 @@ def test_a_whole_pickled_language_model_converts_without_running_its_code(tmp_pa
     torch.testing.assert_close(logits.log_softmax(-1), tensors[prefix + "log_prob"], atol=2e-6, rtol=0)
     wrong = runner.invoke(app, ["convert", "--from", "darts", str(path), "--model", "gdas_ptb", "--dataset", "ptb",
                                 "--out", str(tmp_path / "wrong"), "--C", "8"])
-    assert wrong.exit_code == 2 and "--C: not for a language model" in wrong.output
+    assert wrong.exit_code == 2 and "C: not for a language model" in wrong.output
 
 
 class _RunsAShellCommand:
@@ -246,4 +246,4 @@ def test_the_broad_networks_enhancement_layers_are_an_option(outputs, tmp_path):
     torch.testing.assert_close(logits, outputs[entry["state_dict"].removesuffix(".safetensors") + ".logits"],
                                atol=2e-7, rtol=0)
     cifar = convert("darts_v2", "cifar", "--en-layers", "2")
-    assert cifar.exit_code == 2 and "--en-layers applies to the broad networks" in cifar.output
+    assert cifar.exit_code == 2 and "en_layers: for the broad networks" in cifar.output

@@ -220,9 +220,9 @@ def test_a_bad_download_fails_its_check_and_leaves_nothing_in_the_cache(loopback
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--repo-id", "darts"), "--repo-id 'darts' is not ORG/REPO"),
+    (("--repo-id", "darts"), "repo id 'darts' is not ORG/REPO"),
     (("--repo-id", "me/x", "--C", "8"), "shape mismatches"),
-    (("--repo-id", "me/x", "--dataset", "mnist"), "--dataset 'mnist' is not one of"),
+    (("--repo-id", "me/x", "--dataset", "mnist"), "unknown dataset 'mnist'"),
     (("--repo-id", "me/x", "--eval", "missing.json"), "missing.json: not a readable evaluation JSON"),
 ])
 def test_push_refuses_bad_input(tmp_path, args, message):

@@ -117,7 +117,7 @@ def test_every_zoo_language_model_is_in_the_table_and_the_paper_sizes_hold():
 @pytest.mark.parametrize("name", RNN_GENOTYPES)
 def test_every_recurrent_genotype_builds_for_both_corpora(name, dataset):
     """A zoo model where a paper trained the cell on the corpus, else the corpus's settings (as DARTS did for WT2)."""
-    model_name, genotype, setting = lm.resolve(name, dataset)
+    model_name, genotype, setting = lm.language_model(name, dataset)
     assert genotype is nas_zoo.get_genotype(name)
     assert (setting["ntoken"], setting["nhid"]) == {"ptb": (10000, 850), "wt2": (33278, 700)}[dataset]
     with torch.device("meta"):
@@ -132,7 +132,7 @@ def test_darts_v1_on_wt2_is_the_gdas_release_setting():
     assert spec.genotype is nas_zoo.get_genotype("DARTS_V1_RNN")
     assert {k: spec.setting[k] for k in ("ntoken", "nhid", "dropouth", "wdecay", "epochs")} == dict(
         ntoken=33278, nhid=700, dropouth=0.15, wdecay=5e-7, epochs=3000)
-    assert lm.resolve("DARTS_V1_RNN", "wt2")[0] == "darts_v1_wt2"
+    assert lm.language_model("DARTS_V1_RNN", "wt2")[0] == "darts_v1_wt2"
 
 
 @pytest.mark.parametrize("entry", json.loads((FIXTURES / "index.json").read_text())["entries"],
@@ -242,7 +242,7 @@ SMALL = dict(nhid=16, batch_size=4, eval_batch_size=4, test_batch_size=2, bptt=8
 
 
 def _train(corpus, out, epochs, resume=False, **overrides):
-    name, genotype, setting = lm.resolve("DARTS_V2_RNN", "ptb")
+    name, genotype, setting = lm.language_model("DARTS_V2_RNN", "ptb")
     return lm.train_lm(name, genotype, corpus, out, setting, {**SMALL, "epochs": epochs, **overrides}, resume,
                     log=lambda line: None, progress=False)
 
@@ -293,24 +293,24 @@ def test_bad_settings_are_refused(overrides, message):
 
 
 @pytest.mark.parametrize("name, dataset, message", [
-    ("darts_v1_ptb", "wt2", "darts_v1_ptb is the ptb model; for wt2 name its cell, DARTS_V1_RNN"),
+    ("darts_v1_ptb.ptb", "wt2", "darts_v1_ptb.ptb is tagged for ptb, not wt2"),
     ("gdas_v1", "ptb", "GDAS_V1 is a CNN genotype"),
-    ("darts_v3_ptb", "ptb", "unknown language model or recurrent genotype 'darts_v3_ptb'; closest: darts_v2_ptb"),
-    ("darts_v2_ptb", "text8", "unknown corpus 'text8'"),
+    ("darts_v3_ptb", "ptb", "unknown model or genotype 'darts_v3_ptb'; closest: darts_v2_ptb"),
+    ("darts_v2_ptb", "text8", "unknown dataset 'text8'"),
 ])
 def test_resolve_refuses_what_is_not_a_language_model(name, dataset, message):
-    with pytest.raises((lm.LMError, KeyError), match=message):
-        lm.resolve(name, dataset)
+    with pytest.raises(nas_zoo.ResolveError, match=message):
+        lm.language_model(name, dataset)
 
 
 def test_resolve_finds_models_cells_and_files(tmp_path):
-    assert lm.resolve("DARTS_V2_RNN", "wt2")[0] == "darts_v2_wt2"
-    name, genotype, setting = lm.resolve("EDNAS_PTB", "wt2")  # no paper model: the corpus's settings
+    assert lm.language_model("DARTS_V2_RNN", "wt2")[0] == "darts_v2_wt2"
+    name, genotype, setting = lm.language_model("EDNAS_PTB", "wt2")  # no paper model: the corpus's settings
     assert (name, setting["nhid"], setting["dropouth"], setting["wdecay"]) == ("ednas_ptb_wt2", 700, 0.15, 5e-7)
-    assert lm.resolve("ednas_ptb", "ptb")[2]["epochs"] == 1600
+    assert lm.language_model("ednas_ptb", "ptb")[2]["epochs"] == 1600
     path = tmp_path / "cell.json"
     path.write_text(json.dumps(GOOD))
-    assert lm.resolve(str(path), "ptb")[:2] == ("mine_ptb", nas_zoo.load_genotype(path))
+    assert lm.language_model(str(path), "ptb")[:2] == ("mine_ptb", nas_zoo.load_genotype(path))
 
 
 runner = CliRunner()
@@ -338,11 +338,11 @@ def test_cli_train_resume_evaluate_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "gdas_ptb", "--dataset", "ptb", "--out", "{tmp}/none", "--resume"], "no checkpoint to resume from"),
-    (["train", "gdas_ptb", "--dataset", "ptb", "--out", "{tmp}/x", "--set", "epochs"], "--set 'epochs': expected FIELD=NUMBER"),
-    (["train", "gdas_ptb", "--dataset", "ptb", "--out", "{tmp}/x", "--set", "lr=-"], "--set 'lr=-': expected FIELD=NUMBER"),
+    (["train", "gdas_ptb", "--dataset", "ptb", "--out", "{tmp}/x", "--set", "epochs"], "--set 'epochs': expected FIELD=VALUE"),
+    (["train", "gdas_ptb", "--dataset", "ptb", "--out", "{tmp}/x", "--set", "lr=-"], "setting 'lr' must be a number, got '-'"),
     (["evaluate", "darts_v2_ptb", "--dataset", "ptb", "--checkpoint", "{tmp}/none"], "no checkpoint here"),
     (["evaluate", "gdas_v1", "--dataset", "ptb"], "GDAS_V1 is a CNN genotype"),
-    (["evaluate", "darts_v2_ptb", "--dataset", "wt2"], "darts_v2_ptb is the ptb model"),
+    (["evaluate", "darts_v2_ptb.ptb", "--dataset", "wt2"], "darts_v2_ptb.ptb is tagged for ptb, not wt2"),
 ])
 def test_cli_bad_input_is_one_line_and_non_zero(tmp_path, args, message):
     data = _write_corpus(tmp_path / "ptb")
