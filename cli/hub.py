@@ -13,20 +13,22 @@ from nas_zoo.threads import set_threads
 
 from .output import library_errors, threads_option
 
+# What the weights are for, shared by convert and push.
+DATASET = typer.Option(None, help="what it was trained on", show_default="from the tag or classes")
+NETWORK = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet",
+                       show_default="its first evaluation's")
+WIDTH = typer.Option(None, "--C", help="initial channels", show_default="the paper's")
+LAYERS = typer.Option(None, help="cells", show_default="the paper's")
+EN_LAYERS = typer.Option(None, help="the broad network's enhancement cells", show_default="the paper's 2")
+
 
 def convert_command(
     family: str = typer.Option(..., "--from", help=f"the code the checkpoint comes from: {', '.join(LAYOUTS)}"),
     path: Path = typer.Argument(..., help="the authors' checkpoint (.pt/.pth/.pth.tar, or .safetensors)"),
     model: str = typer.Option(..., help="zoo model (gdas_v1, gdas_v1.cifar10), genotype, or genotype file"),
     out: Path = typer.Option(..., help="the weights folder to write (model.safetensors, config.json, README.md)"),
-    dataset: Optional[str] = typer.Option(None, help="what it was trained on",
-                                           show_default="from the tag or classes"),
-    network: Optional[str] = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet",
-                                           show_default="its first evaluation's"),
-    C: Optional[int] = typer.Option(None, "--C", help="initial channels", show_default="the paper's"),
-    layers: Optional[int] = typer.Option(None, help="cells", show_default="the paper's"),
-    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells",
-                                            show_default="the paper's 2"),
+    dataset: Optional[str] = DATASET, network: Optional[str] = NETWORK, C: Optional[int] = WIDTH,
+    layers: Optional[int] = LAYERS, en_layers: Optional[int] = EN_LAYERS,
     threads: int = threads_option(),
 ) -> None:
     """Convert an authors' released checkpoint into nas-zoo's weights folder (loadable with local-dir:OUT)."""
@@ -44,14 +46,8 @@ def push_command(
     repo_id: str = typer.Option(..., help="the Hub repository, ORG/REPO"),
     evaluation: Optional[Path] = typer.Option(None, "--eval", help="`nas-zoo evaluate --json` output for the card",
                                              show_default="none"),
-    dataset: Optional[str] = typer.Option(None, help="what it was trained on",
-                                           show_default="from the tag or classes"),
-    network: Optional[str] = typer.Option(None, help="for a genotype file: cifar, imagenet, bcnn, bcnn_imagenet",
-                                           show_default="its first evaluation's"),
-    C: Optional[int] = typer.Option(None, "--C", help="initial channels", show_default="the paper's"),
-    layers: Optional[int] = typer.Option(None, help="cells", show_default="the paper's"),
-    en_layers: Optional[int] = typer.Option(None, help="the broad network's enhancement cells",
-                                            show_default="the paper's 2"),
+    dataset: Optional[str] = DATASET, network: Optional[str] = NETWORK, C: Optional[int] = WIDTH,
+    layers: Optional[int] = LAYERS, en_layers: Optional[int] = EN_LAYERS,
     private: bool = typer.Option(False, help="create the repository private"),
     threads: int = threads_option(),
 ) -> None:
