@@ -129,7 +129,7 @@ def _search(name: str, algorithm: Type[SearchAlgorithm], values: Dict[str, Any])
         if values.get("dropouts") is not None:
             values["dropouts"] = Option("dropouts", (0.0,), "").parse(values["dropouts"])
         config = SearchConfig(**{k: str(v) if k == "data_dir" else v for k, v in values.items() if v is not None})
-        if not resume and (out / "checkpoint").exists():
+        if not resume and any((out / n).exists() for n in ("checkpoint", "checkpoint.old")):  # .old: killed mid-swap
             raise fail(f"{out} holds a search already; pass --resume to continue it or choose another --out")
         search = new_search(method, config, out)
         if resume and not search.resume():

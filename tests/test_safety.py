@@ -52,9 +52,10 @@ def test_a_killed_writers_lock_does_not_stay(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-# Kill the training process (SIGKILL) just before the Nth rename of a save, or at the Nth optimizer step.
-# Two epochs of 5 steps: renames 1 (checkpoint) and 2 (metrics) end epoch 0; 3 (checkpoint -> .old),
-# 4 (new checkpoint in place) and 5 (metrics) end epoch 1.
+# Kill a command (SIGKILL) just before the Nth rename of a save (os.replace or os.rename), or at the Nth step of
+# an SGD optimizer (the weights' step in every command). Image training, two epochs of 5 steps: renames 1
+# (checkpoint) and 2 (metrics) end epoch 0; 3 (checkpoint -> .old), 4 (new checkpoint in place) and 5 (metrics)
+# end epoch 1.
 KILLER = """
 import os, signal, sys
 import torch
@@ -69,11 +70,18 @@ def killing(real):
         return real(*args, **kwargs)
     return call
 if point == "rename":
-    os.replace = killing(os.replace)
+    os.replace, os.rename = killing(os.replace), killing(os.rename)
 else:
     torch.optim.SGD.step = killing(torch.optim.SGD.step)
 app(sys.argv[3:])
 """
+
+
+def _kill(point, at, args):
+    """Run the command ``args`` in a subprocess that KILLER ends at the ``at``-th ``point``."""
+    killed = subprocess.run([sys.executable, "-c", KILLER, point, str(at), *args],
+                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert killed.returncode == -9, killed.stderr
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +98,113 @@ def straight(tmp_path_factory):
 def test_training_killed_anywhere_resumes_to_complete_outputs(straight, tmp_path, point, at):
     cifar, losses = straight
     out = tmp_path / "run"
-    killed = subprocess.run([sys.executable, "-c", KILLER, point, str(at), *_train(cifar, out, "--epochs", "2")],
-                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
-    assert killed.returncode == -9, killed.stderr
+    _kill(point, at, _train(cifar, out, "--epochs", "2"))
     result = runner.invoke(app, _train(cifar, out, "--epochs", "2", "--resume"))
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no lock, no temporary left
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "metrics.jsonl"]
     assert load_state(out / "checkpoint")["epoch"] == 2 and _losses(out) == losses
+
+
+# Language models, two epochs of 6 steps: renames 1 (best) and 2 (last) end epoch 1; epoch 2 (a better validation
+# loss) swaps both: 3 (best -> .old), 4 (new best), 5 (last -> .old), 6 (new last).
+LM_TINY = {"nhid": 16, "batch_size": 4, "eval_batch_size": 4, "test_batch_size": 2, "bptt": 8, "max_seq_len_delta": 4,
+           "max_batches": 6, "epochs": 2}
+
+
+def _train_lm(corpus, out, *extra):
+    settings = [arg for key, value in LM_TINY.items() for arg in ("--set", f"{key}={value}")]
+    return ["train", "darts_v2_ptb", "--dataset", "ptb", "--data-dir", str(corpus), "--out", str(out), *settings, *extra]
+
+
+def _lm_outputs(out):
+    """What a language-model run leaves: its last state (less the RNG streams) and both checkpoints' weights."""
+    from safetensors.torch import load_file
+
+    last = load_state(out / "last")
+    return ({k: last[k] for k in ("epoch", "optimizer", "history", "best_loss")},
+            {name: load_file(str(out / name / "model.safetensors")) for name in ("best", "last")})
+
+
+@pytest.fixture(scope="module")
+def straight_lm(tmp_path_factory):
+    from tests.test_rnn import _write_corpus
+
+    root = tmp_path_factory.mktemp("straight_lm")
+    corpus = _write_corpus(root / "ptb")
+    result = runner.invoke(app, _train_lm(corpus, root / "run"))
+    assert result.exit_code == 0, result.output
+    return corpus, _lm_outputs(root / "run")
+
+
+def _same_weights(mine, theirs):
+    return mine.keys() == theirs.keys() and all(
+        mine[n].keys() == theirs[n].keys() and all(torch.equal(mine[n][k], theirs[n][k]) for k in mine[n])
+        for n in mine)
+
+
+# Killed before the first "last" checkpoint (renames 1 and 2), a run has nothing to resume: --resume is refused with
+# a line saying to start again without it, and a fresh run over the remains must then end as the straight run.
+@pytest.mark.parametrize("point, at", [("rename", 1), ("rename", 2), ("rename", 3), ("rename", 4), ("rename", 5),
+                                       ("rename", 6), ("step", 8)])
+def test_language_model_killed_anywhere_resumes_to_complete_outputs(straight_lm, tmp_path, point, at):
+    corpus, (state, weights) = straight_lm
+    out = tmp_path / "run"
+    _kill(point, at, _train_lm(corpus, out))
+    result = runner.invoke(app, _train_lm(corpus, out, "--resume"))
+    if point == "rename" and at <= 2:
+        assert result.exit_code == 2 and "no checkpoint to resume from (train without --resume first)" in \
+            result.output.replace("\n", " "), result.output
+        result = runner.invoke(app, _train_lm(corpus, out))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no lock, no temporary left
+    assert sorted(p.name for p in out.iterdir()) == ["best", "last"]
+    mine_state, mine_weights = _lm_outputs(out)
+    assert mine_state == state and _same_weights(mine_weights, weights)
+
+
+# Search, two epochs of 5 steps: each epoch ends with its checkpoint (rename 1; from epoch 2 on, 4: checkpoint ->
+# .old and 5: new checkpoint), genotype.json (2, 6) and search.json (3, 7); the end of the run rewrites both (8, 9).
+def _search(cifar, out, *extra):
+    return ["search", "darts", "--data-dir", str(cifar), "--epochs", "2", "--init-channels", "4", "--layers", "3",
+            "--batch-size", "8", "--num-workers", "0", "--threads", "1", "--out", str(out), *extra]
+
+
+def _search_outputs(out):
+    """genotype.json, and the figures of search.json that do not depend on timing."""
+    record = json.loads((out / "search.json").read_text())
+    return (json.loads((out / "genotype.json").read_text()),
+            {k: record[k] for k in ("epochs_done", "epochs", "architecture", "skip_connections_normal")})
+
+
+@pytest.fixture(scope="module")
+def straight_search(tmp_path_factory):
+    root = tmp_path_factory.mktemp("straight_search")
+    cifar = write_tiny_cifar(root)
+    result = runner.invoke(app, _search(cifar, root / "run"))
+    assert result.exit_code == 0, result.output
+    return cifar, _search_outputs(root / "run")
+
+
+@pytest.mark.parametrize("point, at", [("rename", at) for at in range(1, 10)] + [("step", 7)])
+def test_search_killed_anywhere_resumes_to_complete_outputs(straight_search, tmp_path, point, at):
+    cifar, outputs = straight_search
+    out = tmp_path / "run"
+    _kill(point, at, _search(cifar, out))
+    if point == "rename" and at > 1:  # a checkpoint survives (perhaps as checkpoint.old): it is not started over
+        again = runner.invoke(app, _search(cifar, out))
+        assert again.exit_code == 2 and "holds a search already; pass --resume" in again.output, again.output
+    result = runner.invoke(app, _search(cifar, out, "--resume"))
+    if point == "rename" and at == 1:  # killed before the first checkpoint: nothing to resume, start again
+        assert result.exit_code == 2 and "run without --resume to start" in result.output.replace("\n", " "), \
+            result.output
+        result = runner.invoke(app, _search(cifar, out))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no lock, no temporary left
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "genotype.json", "search.json"]
+    assert load_state(out / "checkpoint")["epoch"] == 2
+    genotype, record = _search_outputs(out)
+    assert record["epochs_done"] == 2 and genotype == outputs[0] and record == outputs[1]
 
 
 def test_non_finite_weights_never_replace_a_checkpoint(tmp_path):
