@@ -53,7 +53,8 @@ def test_search_model_matches_the_authors(entry):
     torch.testing.assert_close(logits.log_softmax(-1), get("log_prob_train"), atol=2e-6, rtol=0)
     torch.testing.assert_close(outputs[-1], get("last_train"), atol=2e-6, rtol=0)
     F.cross_entropy(logits.flatten(0, 1), get("targets"), reduction="sum").backward()
-    torch.testing.assert_close(model.arch.alphas["recurrent"].grad, get("weights_grad"), atol=1e-6, rtol=1e-5)
+    # float32 sums in another order with other thread counts: ~3e-6 of a gradient whose largest entry is ~0.1
+    torch.testing.assert_close(model.arch.alphas["recurrent"].grad, get("weights_grad"), atol=1e-5, rtol=1e-5)
     fields, _ = Darts().derive_recurrent(model)
     assert fields == entry["genotype"]
 
