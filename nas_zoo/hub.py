@@ -29,7 +29,7 @@ from .checkpoint import CheckpointError, OutputError, atomic_directory, load_fit
 from .convert import LAYOUTS, CheckpointFormatError, convert_state_dict, read_checkpoint
 from .download import WEIGHTS_NAME, sha256_of
 from .genotype import Genotype, is_flat
-from .lm import convert_language_model
+from .lm import language_model_weights
 from .resolver import resolve
 from .zoo import DATASET_TAGS, GENOTYPE_MODEL, MODELS, NUM_CLASSES, ModelSpec, _pretrained_cfg
 
@@ -206,7 +206,8 @@ def write_pretrained(directory, model: nn.Module, config: Mapping[str, Any], car
 
 
 def _replaceable(directory: Path) -> bool:
-    """Absent, empty, or an earlier ``write_pretrained`` folder (only its three files, its config.json)."""
+    """Absent, empty, or an earlier ``write_pretrained`` folder (only its three files, its config.json: an image
+    network's, with ``pretrained_cfg``, or a language model's, with its corpus and ``model_args``)."""
     if not directory.exists():
         return True
     if not directory.is_dir():
@@ -219,7 +220,8 @@ def _replaceable(directory: Path) -> bool:
     except (OSError, ValueError):
         return False
     return names <= {WEIGHTS_NAME, "config.json", "README.md"} and isinstance(config, dict) and \
-        {"architecture", "genotype", "pretrained_cfg"} <= set(config)
+        {"architecture", "genotype"} <= set(config) and \
+        ("pretrained_cfg" in config or {"dataset", "model_args"} <= set(config))
 
 
 def push_folder(directory, repo_id: str, private: bool = False) -> str:
@@ -303,7 +305,10 @@ def convert(path, layout: str, model: str, out, dataset: Optional[str] = None, n
         given = [k for k, v in dict(network=network, C=C, layers=layers, en_layers=en_layers).items() if v is not None]
         if given:
             raise HubError(f"{', '.join(given)}: not for a language model (its size comes from the checkpoint)")
-        name, folder = convert_language_model(state_dict, model, out, dataset, str(path))
+        name, lm, config = language_model_weights(state_dict, model, dataset, str(path))
+        card = (f"# {name}\n\nThe DARTS language model with the {config['genotype']['name']} cell on "
+                f"{config['dataset']}, converted by nas-zoo from {path.name}.\n")
+        folder = write_pretrained(out, lm, config, card)
         return Written(folder, name, f"nas_zoo.checkpoint.load_weights('{folder}', nas_zoo.create_model('{name}', "
                                      "**config['model_args']))")
     args = extra.get("args", {})  # NAS-Projects (GDAS) records the network it trained

@@ -11,7 +11,6 @@ A run writes ``OUT/last`` after every epoch (weights, optimizer, RNG streams: ``
 exact same run) and ``OUT/best`` whenever validation improves (the weights that ``evaluate`` reads).
 """
 import dataclasses
-import json
 import math
 import random
 import time
@@ -22,10 +21,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors.torch import save_file
 
-from .checkpoint import (atomic_directory, find_checkpoint, load_fitting, load_state, load_weights, locked_output,
-                         rng_state, save_checkpoint, set_rng_state)
+from .checkpoint import (find_checkpoint, load_fitting, load_state, load_weights, locked_output, rng_state,
+                         save_checkpoint, set_rng_state)
 from .convert import convert_state_dict
 from .corpus import Corpus, batchify, get_batch, load_corpus
 from .genotype import RecurrentGenotype, parse_genotypes
@@ -140,13 +138,14 @@ def build_model(genotype: RecurrentGenotype, ntoken: int, config: LMConfig) -> R
     return RNNModel(genotype, ntoken, **config.model_kwargs())
 
 
-def convert_language_model(state_dict: Dict[str, torch.Tensor], name: str, out: Path,
-                           dataset: Optional[str] = None, source: str = "the checkpoint") -> Tuple[str, Path]:
-    """The authors' language-model weights (``convert.read_checkpoint`` of DARTS's or EDNAS's ``model.pt``) as
-    ``out/model.safetensors`` (our layout) and ``out/config.json`` (model, corpus, genotype, ``ntoken``/``nhid``).
+def language_model_weights(state_dict: Dict[str, torch.Tensor], name: str, dataset: Optional[str] = None,
+                           source: str = "the checkpoint") -> Tuple[str, RNNModel, Dict[str, Any]]:
+    """The authors' language-model weights (``convert.read_checkpoint`` of DARTS's or EDNAS's ``model.pt``) in
+    ``name``'s model: (the model's name, the model, its ``config.json``: model, corpus, genotype,
+    ``ntoken``/``nhid``). ``hub.convert`` writes them; ``nas_zoo.create_model(name, **config["model_args"])``
+    then ``load_weights(folder, model)`` reads them.
 
-    The corpus is ``dataset``, else the one whose vocabulary size the embedding has. Returns the model's name
-    and ``out``; ``nas_zoo.create_model(name, ntoken=..., nhid=...)`` then ``load_weights(out, model)`` reads it.
+    The corpus is ``dataset``, else the one whose vocabulary size the embedding has.
     """
     if "encoder.weight" not in state_dict:
         raise LMError(f"{source}: no encoder.weight, so not the DARTS language model's weights")
@@ -163,10 +162,7 @@ def convert_language_model(state_dict: Dict[str, torch.Tensor], name: str, out: 
         raise LMError(f"{source}: {e.args[0]}; is it a checkpoint of {genotype.name}?") from None
     config = dict(architecture=model_name, dataset=dataset, genotype=genotype.to_dict(),
                   model_args=dict(ntoken=ntoken, nhid=nhid))
-    with atomic_directory(out) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return model_name, Path(out)
+    return model_name, model, config
 
 
 @torch.no_grad()

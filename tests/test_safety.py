@@ -282,3 +282,24 @@ def test_convert_replaces_only_its_own_output(tmp_path):
         result = runner.invoke(app, [*convert, str(tmp_path / "weights")])
         assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_language_model_convert_replaces_only_its_own_output(tmp_path):
+    """The DARTS language model goes through the same writer: a folder of the user's is never emptied."""
+    from safetensors.torch import save_file
+
+    ours = nas_zoo.create_model("darts_v2_ptb", ntoken=50, nhid=16).state_dict()
+    authors = {("rnns.0." + k[len("cell."):] if k.startswith("cell.") else
+                "decoder.bias" if k == "decoder_bias" else k): v.contiguous() for k, v in ours.items()}
+    save_file(authors, str(tmp_path / "model.safetensors"))
+    convert = ["convert", "--from", "darts", str(tmp_path / "model.safetensors"), "--model", "darts_v2_ptb",
+               "--dataset", "ptb", "--out"]
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "important.txt").write_text("x")
+    result = runner.invoke(app, [*convert, str(tmp_path / "proj")])
+    assert result.exit_code == 2 and "not a weights folder written by nas-zoo" in result.output
+    assert [p.name for p in (tmp_path / "proj").iterdir()] == ["important.txt"]
+    for _ in range(2):  # a new folder, then the same folder again
+        result = runner.invoke(app, [*convert, str(tmp_path / "weights")])
+        assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["README.md", "config.json", "model.safetensors"]
