@@ -10,13 +10,11 @@ from typing import Any, Dict, Optional, Type
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from nas_zoo.checkpoint import CheckpointError, OutputError
-from nas_zoo.data import DatasetError
 from nas_zoo.search import ALGORITHMS, Option, SearchAlgorithm, SearchConfig, new_search
 from nas_zoo.search.algorithm import LOOP_DEFAULTS, PTB_DEFAULTS
 from nas_zoo.threads import AUTO, set_threads
 
-from .output import THREADS_HELP, console, fail
+from .output import THREADS_HELP, console, fail, library_errors
 
 #: click's UsageError, as the click that typer runs on defines it (typer >= 0.20 carries its own copy)
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -122,21 +120,15 @@ def _search(name: str, algorithm: Type[SearchAlgorithm], values: Dict[str, Any])
     given = {o.name: values.pop(o.name) for o in algorithm.options}
     resume, out = values.pop("resume"), values.pop("out")
     set_threads(values.pop("threads"))
-    try:
+    with library_errors(out):
         settings = {o.name: o.parse(given[o.name]) if isinstance(o.default, tuple) else given[o.name]
                     for o in algorithm.options if given[o.name] is not None}
         method = algorithm(**settings)  # options left unset follow the paper on the dataset searched
         if values.get("dropouts") is not None:
             values["dropouts"] = Option("dropouts", (0.0,), "").parse(values["dropouts"])
         config = SearchConfig(**{k: str(v) if k == "data_dir" else v for k, v in values.items() if v is not None})
-        if not resume and any((out / n).exists() for n in ("checkpoint", "checkpoint.old")):  # .old: killed mid-swap
-            raise fail(f"{out} holds a search already; pass --resume to continue it or choose another --out")
-        search = new_search(method, config, out)
-        if resume and not search.resume():
-            raise fail(f"--resume: no checkpoint in {out / 'checkpoint'}; run without --resume to start")
+        search = new_search(method, config, out, resume=resume)
         record = search.run()
-    except (DatasetError, CheckpointError, OutputError, ValueError) as e:
-        raise fail(str(e)) from None
     epochs = f"{record['epochs_done']} epoch{'' if record['epochs_done'] == 1 else 's'}"
     console.print(f"{record['algorithm']}: {epochs}, {search.outcome(record)}; wrote {out / 'genotype.json'} and "
                   f"{out / 'search.json'}", highlight=False)

@@ -147,8 +147,8 @@ def test_search_bad_input_is_one_clear_error(tiny_cifar, tmp_path):
         (["search", "darts", "--layers", "2", "--data-dir", str(tiny_cifar), "--out", str(tmp_path / "l2")],
          "at least 3 cells"),
         (["search", "darts", "--init-channels", "6"], "multiple of 4"),
-        (["search", "darts", "--device", "gpu0"], "--device 'gpu0': expected cpu, cuda or cuda:N"),
-        *([(["search", "darts", "--device", "cuda"], "no CUDA device is available here")]
+        (["search", "darts", "--device", "gpu0"], "--device 'gpu0' is not cpu, cuda or cuda:N"),
+        *([(["search", "darts", "--device", "cuda"], "no such CUDA GPU is visible here")]
           if not torch.cuda.is_available() else []),
         (["search", "darts", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)], str(tmp_path / "nowhere")),
         (["search", "darts", "--data-dir", str(tiny_cifar), "--out", str(out), "--resume"], "no checkpoint in"),

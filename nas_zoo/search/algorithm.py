@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import torch
 
+from ..train import device_for_run
 from .bilevel import frozen
 from .supernet import SearchNetwork, Softmax, Supernet, node_slices
 
@@ -79,12 +80,7 @@ class SearchConfig:
         if self.init_channels % 4:
             raise ValueError(f"--init-channels {self.init_channels}: use a multiple of 4 (partial channels and "
                              "factorized reductions split the channels)")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise ValueError(f"--device {self.device!r}: expected cpu, cuda or cuda:N") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {self.device}: no CUDA device is available here; use --device cpu")
+        device_for_run(self.device)  # one that is here
 
 
 #: Defaults of the bi-level loop (DARTS's ``train_search.py``); an algorithm overrides its paper's.

@@ -69,11 +69,11 @@ class CellSample(NamedTuple):
 
     def mix(self, edges: int, candidates: int, device: torch.device) -> Mix:
         """The child as a cell's ``Mix``: its operations one-hot, the others' edges not run."""
-        index: List[Any] = [None] * edges
-        for e, op in zip(self.edges(), self.ops):
+        chosen, index = self.edges(), [None] * edges
+        for e, op in zip(chosen, self.ops):
             index[e] = op
         weights = torch.zeros(edges, candidates, device=device)
-        weights[self.edges(), list(self.ops)] = 1.0
+        weights[chosen, list(self.ops)] = 1.0
         return Mix(weights, index)
 
     def cell(self, candidates: Sequence[Sequence[str]]) -> List[Tuple[str, int]]:
