@@ -11,7 +11,7 @@ import torch
 
 import nas_zoo
 from measure import best_time
-from nas_zoo.fast import fast_inference
+from nas_zoo.models.fast import fast_inference
 
 MODELS = ["darts_v2", "gdas_v1", "pdarts", "pc_darts_cifar", "b_darts_v1"]
 

@@ -45,7 +45,7 @@ if not CODE:
     pytest.skip("PDARTS_CODE is not set: give it a checkout of chenxin061/pdarts to compare with",
                 allow_module_level=True)
 
-from nas_zoo.ops import PRIMITIVES  # noqa: E402
+from nas_zoo.models.ops import PRIMITIVES  # noqa: E402
 from nas_zoo.search import BiLevel, Pdarts, SearchConfig, with_defaults  # noqa: E402
 
 from measure import DEVICE, load_authors, mean_seeded_time, peak_memory, report_peak, seeded  # noqa: E402

@@ -1,4 +1,4 @@
-"""Speed of the DARTS recurrent cell (nas_zoo.rnn.DARTSCell) against a plain step-by-step implementation.
+"""Speed of the DARTS recurrent cell (nas_zoo.models.rnn.DARTSCell) against a plain step-by-step implementation.
 
 The baseline is the original cell (quark0/darts rnn/model.py DARTSCell.forward) written out plainly: per time
 step it concatenates [x_t, h_{t-1}], multiplies by W_0, then runs the steps one matmul each, and averages
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import nas_zoo
-from nas_zoo.rnn import DARTSCell, dropout_mask
+from nas_zoo.models.rnn import DARTSCell, dropout_mask
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "identity": lambda x: x}
 # (units, batch): a CPU-sized model (the README's real-data run) and the paper's PTB width at its batch size.

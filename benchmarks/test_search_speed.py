@@ -31,7 +31,7 @@ pytest.importorskip("xautodl")
 from xautodl.models.cell_operations import SearchSpaceNames  # noqa: E402
 from xautodl.models.cell_searchs import nasnet_super_nets  # noqa: E402
 
-from nas_zoo.ops import PRIMITIVES  # noqa: E402
+from nas_zoo.models.ops import PRIMITIVES  # noqa: E402
 from nas_zoo.search import BiLevel, Darts, Gdas, GumbelHard, Mix, SearchConfig, with_defaults  # noqa: E402
 
 from measure import DEVICE, peak_memory, report_peak, seeded  # noqa: E402

@@ -7,9 +7,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nas_zoo.genotype import DATASETS, RecurrentGenotype
+from nas_zoo.registry.genotype import DATASETS, RecurrentGenotype
 from nas_zoo.resolver import resolve
-from nas_zoo.summary import FAMILIES, genotype_info, language_model_rows, search_cost, zoo_rows
+from nas_zoo.registry.summary import FAMILIES, genotype_info, language_model_rows, search_cost, zoo_rows
 from nas_zoo.threads import set_threads
 
 from .output import console, fail, fitted_table, library_errors, threads_option

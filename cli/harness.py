@@ -8,11 +8,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nas_zoo.data import IMAGE_SOURCES, MissingDataError
-from nas_zoo.evaluate import evaluate_named
-from nas_zoo.genotype import TEXT_DATASETS, write_text_atomic
+from nas_zoo.harness.data import IMAGE_SOURCES, MissingDataError
+from nas_zoo.harness.evaluate import evaluate_named
+from nas_zoo.registry.genotype import TEXT_DATASETS
+from nas_zoo.files import write_text_atomic
 from nas_zoo.threads import set_threads
-from nas_zoo.train import train_named
+from nas_zoo.harness.train import train_named
 
 from .output import console, fail, library_errors, threads_option
 

@@ -6,9 +6,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from nas_zoo.convert import LAYOUTS
-from nas_zoo.download import WEIGHTS_NAME
-from nas_zoo.hub import convert, push
+from nas_zoo.weights.convert import LAYOUTS
+from nas_zoo.weights.download import WEIGHTS_NAME
+from nas_zoo.weights.hub import convert, push
 from nas_zoo.threads import set_threads
 
 from .output import library_errors, threads_option

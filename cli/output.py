@@ -11,8 +11,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from nas_zoo.checkpoint import CheckpointError, OutputError
-from nas_zoo.genotype import UnknownNameError
+from nas_zoo.harness.checkpoint import CheckpointError
+
+from nas_zoo.files import OutputError
+from nas_zoo.registry.genotype import UnknownNameError
 from nas_zoo.threads import AUTO
 
 # a pipe gets wide lines, unless COLUMNS says otherwise

@@ -18,9 +18,9 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from .genotype import (DATASETS, TEXT_DATASETS, AnyGenotype, Genotype, RecurrentGenotype, UnknownNameError, closest,
+from .registry.genotype import (DATASETS, TEXT_DATASETS, AnyGenotype, Genotype, RecurrentGenotype, UnknownNameError, closest,
                        get_genotype, list_genotypes, load_genotype)
-from .zoo import LM_MODELS, MODELS, AnySpec
+from .registry.zoo import LM_MODELS, MODELS, AnySpec
 
 _SPECS: Dict[str, AnySpec] = {**MODELS, **LM_MODELS}
 _TAGGED: Dict[str, Tuple[AnySpec, str]] = {f"{s.name}.{tag}": (s, d) for s in _SPECS.values()

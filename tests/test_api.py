@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 import nas_zoo
 from nas_zoo.cli.app import app
-from nas_zoo.evaluate import evaluate_named
-from nas_zoo.hub import convert, push
-from nas_zoo.train import train_named
+from nas_zoo.harness.evaluate import evaluate_named
+from nas_zoo.weights.hub import convert, push
+from nas_zoo.harness.train import train_named
 
 runner = CliRunner()
 # A language model small enough for a CPU test (rnn/train.py's names).

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import nas_zoo
-from nas_zoo.convert import convert_state_dict
+from nas_zoo.weights.convert import convert_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures" / "authors"
 INDEX = json.loads((FIXTURES / "index.json").read_text())["entries"]

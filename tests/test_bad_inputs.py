@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import nas_zoo
-from nas_zoo.checkpoint import locked_output
+from nas_zoo.files import locked_output
 from nas_zoo.cli.app import app
 
 runner = CliRunner()

@@ -11,7 +11,7 @@ import nas_zoo
 from nas_zoo import threads
 from nas_zoo.cli import output
 from nas_zoo.cli.app import app
-from nas_zoo.genotype import save_genotype
+from nas_zoo.registry.genotype import save_genotype
 
 runner = CliRunner()
 

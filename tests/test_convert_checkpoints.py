@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import nas_zoo
-from nas_zoo.checkpoint import load_weights
+from nas_zoo.harness.checkpoint import load_weights
 from nas_zoo.cli.app import app
-from nas_zoo.convert import CheckpointFormatError, read_checkpoint
+from nas_zoo.weights.convert import CheckpointFormatError, read_checkpoint
 from nas_zoo.resolver import resolve
 
 FIXTURES = Path(__file__).parent / "fixtures" / "authors"

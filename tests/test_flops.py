@@ -2,7 +2,7 @@ import pytest
 from torch import nn
 
 import nas_zoo
-from nas_zoo.flops import count_flops
+from nas_zoo.models.flops import count_flops
 
 
 def test_counts_a_known_network_exactly():

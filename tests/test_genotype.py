@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import nas_zoo
-from nas_zoo.genotype import GenotypeError, UnknownNameError, load_genotypes, save_genotype
+from nas_zoo.registry.genotype import GenotypeError, UnknownNameError, load_genotypes, save_genotype
 
 CNN_GENOTYPES = ["DARTS_V1", "DARTS_V2", "GDAS_V1", "GDAS_F1", "GDAS_GF", "GDAS_FG", "PDARTS", "PC_DARTS_cifar",
                  "PC_DARTS_image", "EDNAS_CIFAR10", "EDNAS_ImageNet", "BNASv2_CLR_v1", "BNASv2_CLR_v2",

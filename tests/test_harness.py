@@ -9,13 +9,13 @@ import torch
 from typer.testing import CliRunner
 
 import nas_zoo
-from nas_zoo import checkpoint as checkpoint_module
-from nas_zoo import train as train_module
-from nas_zoo.checkpoint import CheckpointError, find_checkpoint, load_weights, save_checkpoint
+from nas_zoo.harness import checkpoint as checkpoint_module
+from nas_zoo.harness import train as train_module
+from nas_zoo.harness.checkpoint import CheckpointError, find_checkpoint, load_weights, save_checkpoint
 from nas_zoo.cli.app import app
-from nas_zoo.data import CifarPickles, DatasetError
-from nas_zoo.fast import fold_batch_norm
-from nas_zoo.recipes import TrainConfig, paper_recipe
+from nas_zoo.harness.data import CifarPickles, DatasetError
+from nas_zoo.models.fast import fold_batch_norm
+from nas_zoo.harness.recipes import TrainConfig, paper_recipe
 
 runner = CliRunner()
 def tiny(epochs=2):  # one thread: the same in every run (the default counts the idle cores)

@@ -15,12 +15,12 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import nas_zoo
-from nas_zoo import zoo
+from nas_zoo.registry import zoo
 from nas_zoo.cli.app import app
-from nas_zoo.genotype import GenotypeError, parse_genotypes
-from nas_zoo.download import WeightsError, download_weights
-from nas_zoo.hub import WeightsTarget, save_pretrained
-from nas_zoo.zoo import GENOTYPE_MODEL, MODELS, ModelSpec, Weights
+from nas_zoo.registry.genotype import GenotypeError, parse_genotypes
+from nas_zoo.weights.download import WeightsError, download_weights
+from nas_zoo.weights.hub import WeightsTarget, save_pretrained
+from nas_zoo.registry.zoo import GENOTYPE_MODEL, MODELS, ModelSpec, Weights
 
 SMALL = dict(C=4, layers=5)
 runner = CliRunner()
@@ -133,8 +133,8 @@ def test_push_pull_evaluate_round_trip(loopback_hub, tmp_path):
 def test_train_push_pull_evaluate_through_the_loopback_hub(loopback_hub, tmp_path, tiny_cifar):
     """A run of `nas-zoo train`, evaluated, pushed with its evaluation, pulled by repository and evaluated
     again with the pulled data config: the same figures."""
-    from nas_zoo.data import DataSpec, build_dataset
-    from nas_zoo.train import evaluate_loader, make_loader
+    from nas_zoo.harness.data import DataSpec, build_dataset
+    from nas_zoo.harness.train import evaluate_loader, make_loader
     from tests.test_harness import tiny
 
     data = tiny_cifar

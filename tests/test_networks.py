@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import nas_zoo
-from nas_zoo.cells import Cell, FixedReductionCell
-from nas_zoo.ops import FactorizedReduce
+from nas_zoo.models.cells import Cell, FixedReductionCell
+from nas_zoo.models.ops import FactorizedReduce
 
 
 def test_reduction_cells_sit_at_one_and_two_thirds():

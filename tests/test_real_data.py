@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from nas_zoo.cli.app import app
-from nas_zoo.data import _read_batch
-from nas_zoo.genotype import load_genotype
+from nas_zoo.harness.data import _read_batch
+from nas_zoo.registry.genotype import load_genotype
 
 from .conftest import SHARED
 

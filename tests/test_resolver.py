@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 import nas_zoo
 from nas_zoo.cli.app import app
-from nas_zoo.genotype import GenotypeError, save_genotype
+from nas_zoo.registry.genotype import GenotypeError, save_genotype
 
 runner = CliRunner()
 DARTS = nas_zoo.get_genotype("DARTS_V2")

@@ -11,14 +11,14 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import nas_zoo
-from nas_zoo import lm
-from nas_zoo.checkpoint import load_state
+from nas_zoo.language import lm
+from nas_zoo.harness.checkpoint import load_state
 from nas_zoo.cli.app import app
-from nas_zoo.convert import convert_state_dict
-from nas_zoo.corpus import CorpusError, batchify, get_batch, load_corpus
-from nas_zoo.genotype import GenotypeError, RecurrentGenotype, save_genotype
-from nas_zoo.rnn import RNNModel
-from nas_zoo.zoo import LM_MODELS
+from nas_zoo.weights.convert import convert_state_dict
+from nas_zoo.language.corpus import CorpusError, batchify, get_batch, load_corpus
+from nas_zoo.registry.genotype import GenotypeError, RecurrentGenotype, save_genotype
+from nas_zoo.models.rnn import RNNModel
+from nas_zoo.registry.zoo import LM_MODELS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

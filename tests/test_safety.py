@@ -12,10 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 import nas_zoo
-from nas_zoo import train as train_module
-from nas_zoo.checkpoint import OutputError, find_checkpoint, load_state, locked_output, save_checkpoint
+from nas_zoo.harness import train as train_module
+from nas_zoo.harness.checkpoint import find_checkpoint, load_state, save_checkpoint
+from nas_zoo.files import OutputError, locked_output
 from nas_zoo.cli.app import app
-from nas_zoo.data import CifarPickles, DatasetError
+from nas_zoo.harness.data import CifarPickles, DatasetError
 from tests.conftest import write_tiny_cifar
 
 runner = CliRunner()
@@ -42,7 +43,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tiny_cifar, tmp_path):
 
 
 def test_a_killed_writers_lock_does_not_stay(tmp_path):
-    holder = ("import os, signal, sys\nfrom nas_zoo.checkpoint import locked_output\n"
+    holder = ("import os, signal, sys\nfrom nas_zoo.harness.checkpoint import locked_output\n"
               "with locked_output(sys.argv[1]):\n    os.kill(os.getpid(), signal.SIGKILL)\n")
     killed = subprocess.run([sys.executable, "-c", holder, str(tmp_path / "run")])
     assert killed.returncode == -9 and (tmp_path / ".run.lock").exists()  # stale file, no lock held

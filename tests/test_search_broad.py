@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from nas_zoo import build_network
 from nas_zoo.cli.app import app
-from nas_zoo.genotype import load_genotype
-from nas_zoo.recipes import paper_recipe
+from nas_zoo.registry.genotype import load_genotype
+from nas_zoo.harness.recipes import paper_recipe
 from nas_zoo.search import BDarts, Search, SearchConfig, with_defaults
 from nas_zoo.search.broad import BroadSearchNetwork
 from nas_zoo.search.darts import unrolled_gradient

@@ -6,10 +6,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nas_zoo.checkpoint import locked_output
+from nas_zoo.files import locked_output
 from nas_zoo.cli.app import app
-from nas_zoo.genotype import load_genotype
-from nas_zoo.ops import PRIMITIVES
+from nas_zoo.registry.genotype import load_genotype
+from nas_zoo.models.ops import PRIMITIVES
 from nas_zoo.search import (ALGORITHMS, Darts, Gdas, Mix, Option, PcDarts, Search, SearchAlgorithm, SearchConfig,
                             SearchNetwork, Softmax, with_defaults)
 from nas_zoo.search.algorithm import LOOP_DEFAULTS

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from nas_zoo.cli.app import app
-from nas_zoo.genotype import load_genotype
+from nas_zoo.registry.genotype import load_genotype
 from nas_zoo.search import Ednas, SearchConfig, with_defaults
 from nas_zoo.search import loop as loop_module
 from nas_zoo.search.bilevel import BiLevel

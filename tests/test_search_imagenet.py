@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from nas_zoo import build_network
 from nas_zoo.cli.app import app
-from nas_zoo.data import DatasetError
-from nas_zoo.genotype import load_genotype
+from nas_zoo.harness.data import DatasetError
+from nas_zoo.registry.genotype import load_genotype
 from nas_zoo.search import PcDarts, SearchAlgorithm, SearchConfig, SearchNetwork, with_defaults
 from nas_zoo.search.bilevel import BiLevel
 from nas_zoo.search.data import imagenet_sample

@@ -11,8 +11,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from nas_zoo.cli.app import app
-from nas_zoo.genotype import load_genotype
-from nas_zoo.ops import PRIMITIVES
+from nas_zoo.registry.genotype import load_genotype
+from nas_zoo.models.ops import PRIMITIVES
 from nas_zoo.search import Pdarts, Search, SearchConfig, with_defaults
 from nas_zoo.search import loop as loop_module
 from nas_zoo.search.algorithm import SearchAlgorithm

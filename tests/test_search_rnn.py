@@ -12,8 +12,8 @@ from torch.func import functional_call
 from typer.testing import CliRunner
 
 from nas_zoo.cli.app import app
-from nas_zoo.corpus import load_corpus
-from nas_zoo.genotype import RecurrentGenotype, load_genotype
+from nas_zoo.language.corpus import load_corpus
+from nas_zoo.registry.genotype import RecurrentGenotype, load_genotype
 from nas_zoo.search import Darts, Gdas, LanguageSearch, RecurrentSupernet, SearchConfig
 from nas_zoo.search import loop as loop_module
 from nas_zoo.search.algorithm import PTB_DEFAULTS, strongest_predecessors

@@ -2,7 +2,7 @@
 the algorithms built on it, one file each. Adding an algorithm is one file and one line in ``ALGORITHMS``."""
 from pathlib import Path
 
-from ..genotype import TEXT_DATASETS
+from ..registry.genotype import TEXT_DATASETS
 from .algorithm import Option, SearchAlgorithm, SearchConfig, with_defaults
 from .b_pc_darts import BPcDarts
 from .bdarts import BDarts

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import torch
 
-from ..train import device_for_run
+from ..harness.train import device_for_run
 from .bilevel import frozen
 from .supernet import SearchNetwork, Softmax, Supernet, node_slices
 

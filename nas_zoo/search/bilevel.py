@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import FactorizedReduce
+from ..models.ops import FactorizedReduce
 
 if TYPE_CHECKING:
     from .algorithm import SearchAlgorithm, SearchConfig

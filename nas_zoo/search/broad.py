@@ -24,7 +24,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..ops import FactorizedReduce, ReLUConvBN
+from ..models.ops import FactorizedReduce, ReLUConvBN
 from .supernet import Operation, SearchCell, Supernet, search_operation, search_stem
 
 

@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
-from ..data import CIFAR_LAYOUTS, CifarPickles, DatasetError, cifar_transforms
-from ..zoo import DATASET_STATS, NUM_CLASSES
+from ..harness.data import CIFAR_LAYOUTS, CifarPickles, DatasetError, cifar_transforms
+from ..registry.zoo import DATASET_STATS, NUM_CLASSES
 from .algorithm import SearchConfig
 
 SEARCH_DATASETS = (*CIFAR_LAYOUTS, "imagenet")

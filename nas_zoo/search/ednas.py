@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..networks import ImageNetStem
-from ..ops import PRIMITIVES
+from ..models.networks import ImageNetStem
+from ..models.ops import PRIMITIVES
 from .algorithm import Option, SearchAlgorithm, SearchConfig, cell_fields, network_stem
 from .supernet import Mix, SearchNetwork, Softmax, num_edges
 

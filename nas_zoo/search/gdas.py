@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cells import FixedReductionCell
-from ..ops import make_op
+from ..models.cells import FixedReductionCell
+from ..models.ops import make_op
 from .algorithm import Option, SearchAlgorithm, SearchConfig, cell_fields, without_none
 from .supernet import Mix, SearchNetwork, Softmax, node_slices
 

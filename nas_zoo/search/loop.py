@@ -28,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import (find_checkpoint, load_state, load_weights, locked_output, rng_state, save_checkpoint,
-                          set_rng_state)
-from ..evaluate import device_name
-from ..genotype import Genotype, parse_genotypes, save_genotype, thaw, write_text_atomic
+from ..harness.checkpoint import find_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
+
+from ..files import locked_output
+from ..files import write_text_atomic
+from ..harness.evaluate import device_name
+from ..registry.genotype import Genotype, parse_genotypes, save_genotype, thaw
 from .algorithm import Candidates, SearchAlgorithm, SearchConfig, with_defaults
 from .bilevel import BiLevel
 from .data import search_data

@@ -2,7 +2,7 @@
 language-model side of the run, shared by every algorithm with a recurrent search (DARTS, GDAS).
 
 The supernet is quark0/darts ``rnn/model_search.py`` (DARTS Sec. 2.1 and 3.1, "recurrent cell"): the
-DARTS language model (``nas_zoo.rnn``) around a search cell of ``STEPS`` = 8 steps. Step i mixes every
+DARTS language model (``nas_zoo.models.rnn``) around a search cell of ``STEPS`` = 8 steps. Step i mixes every
 earlier state s_0 .. s_i over ``RNN_PRIMITIVES`` with one weight matrix W_i shared by its predecessors,
 
     [c_j, h_j] = s_j W_i,    s_{i+1} = BN( sum_j sum_op w[j, op] * (s_j + sigmoid(c_j) * (op(h_j) - s_j)) ),
@@ -26,9 +26,9 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..corpus import Corpus, batchify, get_batch, load_corpus
-from ..lm import evaluate, window_loss
-from ..rnn import ACTIVATIONS, INIT_RANGE, TiedLanguageModel, dropout_mask
+from ..language.corpus import Corpus, batchify, get_batch, load_corpus
+from ..language.lm import evaluate, window_loss
+from ..models.rnn import ACTIVATIONS, INIT_RANGE, TiedLanguageModel, dropout_mask
 from .bilevel import BiLevel, frozen
 from .loop import Search
 from .supernet import Mix, Supernet

@@ -25,9 +25,9 @@ from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional
 import torch
 from torch import nn
 
-from ..cells import preprocess
-from ..networks import STEM_MULTIPLIER, CifarStem, ImageNetStem
-from ..ops import PRIMITIVES, ReLUConvBN, make_op
+from ..models.cells import preprocess
+from ..models.networks import STEM_MULTIPLIER, CifarStem, ImageNetStem
+from ..models.ops import PRIMITIVES, ReLUConvBN, make_op
 
 #: (operation name, C, stride) -> the candidate module
 Operation = Callable[[str, int, int], nn.Module]

@@ -17,12 +17,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from torch import nn
 
-from .convert import layout_of
-from .download import WeightsError, download_weights
+from ..models.networks import build_network
+from ..models.rnn import MODEL_FIELDS, RNNModel, paper_setting
+from ..weights.convert import layout_of
+from ..weights.download import WeightsError, download_weights
 from .genotype import (Genotype, GenotypeError, RecurrentGenotype, get_genotype, list_genotypes, parse_genotypes,
                        unknown_name)
-from .networks import build_network
-from .rnn import MODEL_FIELDS, RNNModel, paper_setting
 
 HUB_ORG = "nas-zoo"
 DATASET_TAGS = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "in1k"}
@@ -284,7 +284,7 @@ def _create_language_model(spec: LanguageModelSpec, pretrained: bool = False, **
     if pretrained:
         from huggingface_hub import hf_hub_download
 
-        from .checkpoint import load_weights
+        from ..harness.checkpoint import load_weights
 
         hub_id = model.pretrained_cfg["hf_hub_id"]
         try:

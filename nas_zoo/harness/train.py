@@ -20,16 +20,19 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import (CheckpointError, find_checkpoint, load_state, load_weights, locked_output, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (CheckpointError, find_checkpoint, load_state, load_weights, rng_state, save_checkpoint,
+                          set_rng_state)
+
+from ..files import locked_output
+from ..files import write_text_atomic
+from ..language.lm import LMConfig, LMError, train_language_model
+from ..models.networks import NetworkBase, build_network
+from ..registry.genotype import Genotype, TEXT_DATASETS
+from ..registry.summary import family
+from ..registry.zoo import NUM_CLASSES, data_config
+from ..resolver import resolve
 from .data import IMAGE_SOURCES, DatasetError, DataSpec, build_dataset
-from .genotype import TEXT_DATASETS, Genotype, write_text_atomic
-from .lm import LMConfig, LMError, train_language_model
-from .networks import NetworkBase, build_network
 from .recipes import TrainConfig, paper_recipe, read_config_file
-from .resolver import resolve
-from .summary import family
-from .zoo import NUM_CLASSES, data_config
 
 
 @dataclass(frozen=True)

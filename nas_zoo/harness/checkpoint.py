@@ -2,94 +2,23 @@
 
 A checkpoint is a directory ``DIR/`` holding ``model.safetensors`` (the weights) and ``state.pt`` (optimizer,
 scheduler, RNG states, epoch and any JSON-like extras), loaded with ``torch.load(weights_only=True)``.
-It is written into a temporary sibling directory and renamed into place, so a run killed mid-save leaves
-the previous checkpoint intact. ``locked_output`` holds a run's output folder for one writer at a time.
+It is written into a temporary sibling directory and renamed into place (``files.atomic_directory``), so a
+run killed mid-save leaves the previous checkpoint intact.
 """
-import fcntl
-import os
 import random
 import re
-import shutil
-import socket
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..files import atomic_directory
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message says which keys."""
-
-
-class OutputError(RuntimeError):
-    """An output folder this run may not write: another process holds it, or it holds what this command did not
-    write; the message says which."""
-
-
-@contextmanager
-def locked_output(out) -> Iterator[Path]:
-    """Hold ``out`` (a folder, made if needed) for this process alone while the block runs.
-
-    The lock is ``flock`` on ``.NAME.lock`` beside ``out``: the kernel releases it when its holder dies, so a
-    killed run never leaves it stuck, and a folder that is swapped whole (``atomic_directory``) can be locked.
-    Folders made here that the block leaves empty (it failed early) are removed again.
-    """
-    out = Path(os.path.abspath(out))  # "run/.." is the folder above, not a name ".." to lock beside
-    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock = out.with_name(f".{out.name}.lock")
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise OutputError(f"{out} is being written by {holder}; wait for it to end or choose another "
-                              "output folder") from None
-        try:
-            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # its holder removed the file as we opened it: lock the one there now
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
-    try:
-        yield out
-    finally:
-        lock.unlink(missing_ok=True)
-        os.close(fd)
-        for folder in made:
-            try:
-                folder.rmdir()
-            except OSError:
-                break  # not empty: the run wrote something there
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process
-    return True
-
-
-def temporary_sibling(path) -> Path:
-    """A temporary name beside ``path`` for this process; those left by processes that died mid-save go."""
-    path = Path(path)
-    prefix = f".{path.name}.tmp"
-    if path.parent.is_dir():
-        for stale in path.parent.iterdir():
-            pid = stale.name[len(prefix):]
-            if stale.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
-    return path.with_name(f"{prefix}{os.getpid()}")
 
 
 def refusal_reason(error: Exception) -> str:
@@ -115,31 +44,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Swap ``tmp`` into ``target``: the old checkpoint is removed only once the new one is complete."""
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-@contextmanager
-def atomic_directory(directory) -> Iterator[Path]:
-    """A temporary sibling of ``directory`` to fill; it replaces ``directory`` when the block completes."""
-    target = Path(os.path.abspath(directory))  # its siblings, not those of "..": see locked_output
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(target)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        _replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_checkpoint(directory, model: nn.Module, state: Dict[str, Any]) -> Path:

@@ -30,8 +30,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .checkpoint import refusal_reason
-from .genotype import Genotype
+from ..harness.checkpoint import refusal_reason
+from ..registry.genotype import Genotype
 
 # Renames shared by every repository that copied DARTS's model.py (and by GDAS and BNASv2).
 _DARTS_RULES = [(r"^stem0\.", "stem.stem0."), (r"^stem1\.", "stem.stem1."), (r"\._ops\.", ".ops.")]

@@ -17,8 +17,8 @@ from timm.layers import create_classifier
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from ..registry.genotype import MAX_C, MAX_LAYERS, Genotype, get_genotype
 from .cells import Cell, FixedReductionCell
-from .genotype import MAX_C, MAX_LAYERS, Genotype, get_genotype
 from .ops import FactorizedReduce, ReLUConvBN
 
 STEM_MULTIPLIER = 3  # CIFAR stem width = 3 C

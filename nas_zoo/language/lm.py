@@ -22,13 +22,15 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .checkpoint import (find_checkpoint, load_fitting, load_state, load_weights, locked_output, rng_state,
-                         save_checkpoint, set_rng_state)
-from .convert import convert_state_dict
+from ..harness.checkpoint import (find_checkpoint, load_fitting, load_state, load_weights, rng_state, save_checkpoint,
+                                   set_rng_state)
+
+from ..files import locked_output
+from ..models.rnn import CORPUS_SETTINGS, RNNModel, paper_setting
+from ..registry.genotype import RecurrentGenotype, parse_genotypes
+from ..resolver import resolve
+from ..weights.convert import convert_state_dict
 from .corpus import Corpus, batchify, get_batch, load_corpus
-from .genotype import RecurrentGenotype, parse_genotypes
-from .resolver import resolve
-from .rnn import CORPUS_SETTINGS, RNNModel, paper_setting
 
 
 class LMError(ValueError):

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from .checkpoint import CheckpointError
+from ..harness.checkpoint import CheckpointError
 
 WEIGHTS_NAME = "model.safetensors"
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
-from .genotype import Genotype
+from ..registry.genotype import Genotype
 
 
 # A field's type -> the values it takes (an integer is a number) and their name in messages.

@@ -4,10 +4,10 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .flops import count_flops
+from ..models.flops import count_flops
+from ..models.networks import NETWORK_DEFAULTS, build_network
+from ..models.rnn import MODEL_FIELDS, RNNModel, paper_setting
 from .genotype import TEXT_DATASETS, AnyGenotype, RecurrentGenotype, thaw
-from .networks import NETWORK_DEFAULTS, build_network
-from .rnn import MODEL_FIELDS, RNNModel, paper_setting
 from .zoo import DATASET_TAGS, LM_MODELS, MODELS, NUM_CLASSES
 
 TEST_ERROR_KEYS = ("test_error", "top1_error")

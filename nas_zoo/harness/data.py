@@ -20,7 +20,7 @@ from timm.data import create_transform
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
-from .genotype import IMAGE_DATASETS
+from ..registry.genotype import IMAGE_DATASETS
 
 CIFAR_LAYOUTS = {  # folder, training files, test files, label key, classes
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),

@@ -8,15 +8,15 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from ..language.lm import evaluate_language_model
+from ..models.fast import fast_inference
+from ..models.flops import count_flops
+from ..registry.genotype import TEXT_DATASETS
+from ..registry.summary import count_params
+from ..registry.zoo import DATASET_TAGS
 from .data import DataSpec, DatasetError, build_dataset
-from .fast import fast_inference
-from .flops import count_flops
-from .genotype import TEXT_DATASETS
-from .lm import evaluate_language_model
 from .recipes import TrainConfig
-from .summary import count_params
 from .train import Target, device_for_run, evaluate_loader, load_trained, make_loader
-from .zoo import DATASET_TAGS
 
 
 @torch.no_grad()

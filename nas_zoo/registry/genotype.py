@@ -24,8 +24,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from .checkpoint import temporary_sibling
-from .ops import OPS
+from ..files import write_text_atomic
+from ..models.ops import OPS
 
 Edge = Tuple[str, int]
 
@@ -49,7 +49,7 @@ SETTING_FIELDS = {
     "drop_path": (float, "a probability in [0, 1)"),
     "reported": (dict, "an object of figures (numbers and strings)"),
     # Recurrent cells: the language model's width and the paper's training recipe where it departs from
-    # the DARTS defaults (nas_zoo.lm.LMConfig).
+    # the DARTS defaults (nas_zoo.language.lm.LMConfig).
     "nhid": (int, "a positive integer"),
     "epochs": (int, "a positive integer"),
     "wdecay": (float, "a number >= 0"),
@@ -421,17 +421,6 @@ def save_genotype(genotype: AnyGenotype, path: Union[str, os.PathLike], search: 
     """
     record = genotype.to_dict() if search is None else {**genotype.to_dict(), "search": dict(search)}
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")
-
-
-def write_text_atomic(path: Union[str, os.PathLike], text: str) -> None:
-    """Write ``text`` to a temp file beside ``path`` and rename it over ``path``: never a half-written file."""
-    path = Path(path)
-    tmp = temporary_sibling(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 _REGISTRY: Dict[str, AnyGenotype] = {}

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .genotype import RecurrentGenotype
+from ..registry.genotype import RecurrentGenotype
 
 INIT_RANGE = 0.04  # uniform(-0.04, 0.04) for every weight (rnn/model.py INITRANGE)
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "identity": lambda x: x}

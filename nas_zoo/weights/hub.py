@@ -25,13 +25,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .checkpoint import CheckpointError, OutputError, atomic_directory, load_fitting, locked_output
+from ..harness.checkpoint import CheckpointError, load_fitting
+
+from ..files import OutputError, atomic_directory, locked_output
+from ..language.lm import language_model_weights
+from ..registry.genotype import Genotype, is_flat
+from ..registry.zoo import DATASET_TAGS, GENOTYPE_MODEL, MODELS, NUM_CLASSES, ModelSpec, _pretrained_cfg
+from ..resolver import resolve
 from .convert import LAYOUTS, CheckpointFormatError, convert_state_dict, read_checkpoint
 from .download import WEIGHTS_NAME, sha256_of
-from .genotype import Genotype, is_flat
-from .lm import language_model_weights
-from .resolver import resolve
-from .zoo import DATASET_TAGS, GENOTYPE_MODEL, MODELS, NUM_CLASSES, ModelSpec, _pretrained_cfg
 
 
 
@@ -309,7 +311,7 @@ def convert(path, layout: str, model: str, out, dataset: Optional[str] = None, n
         card = (f"# {name}\n\nThe DARTS language model with the {config['genotype']['name']} cell on "
                 f"{config['dataset']}, converted by nas-zoo from {path.name}.\n")
         folder = write_pretrained(out, lm, config, card)
-        return Written(folder, name, f"nas_zoo.checkpoint.load_weights('{folder}', nas_zoo.create_model('{name}', "
+        return Written(folder, name, f"nas_zoo.harness.checkpoint.load_weights('{folder}', nas_zoo.create_model('{name}', "
                                      "**config['model_args']))")
     args = extra.get("args", {})  # NAS-Projects (GDAS) records the network it trained
     if args.get("dataset") in NUM_CLASSES:

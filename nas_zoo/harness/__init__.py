@@ -1,0 +1,2 @@
+"""The harness: datasets and transforms, the papers' recipes, checkpoints, the resumable run, training and
+evaluation of image networks."""

@@ -1,0 +1,1 @@
+"""Weights: the authors' checkpoints converted, the checked download, nas-zoo's published folder and ``push``."""
