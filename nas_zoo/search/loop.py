@@ -14,8 +14,11 @@ RNG states, the record so far) from which ``resume`` continues exactly, mid-stag
 stages, then the derived genotype (``genotype.json``) and the search record (``search.json``), both
 written from what the run used: the filled-in config and the algorithm's own settings. After the last
 epoch the algorithm may derive the final genotype once more with the data (``SearchAlgorithm.conclude``).
+Each epoch's record carries the collapse monitor's figures, and DARTS-ES may end the search early and
+return an earlier epoch's genotype (``hessian.py``).
 """
 import dataclasses
+import itertools
 import json
 import math
 import platform
@@ -34,6 +37,7 @@ from ..files import locked_output
 from ..files import write_text_atomic
 from ..harness.evaluate import device_name
 from ..registry.genotype import Genotype, parse_genotypes, save_genotype, thaw
+from . import hessian
 from .algorithm import Candidates, SearchAlgorithm, SearchConfig, with_defaults
 from .bilevel import BiLevel
 from .data import search_data
@@ -72,6 +76,7 @@ class Search:
     def __init__(self, algorithm: SearchAlgorithm, config: SearchConfig, out: Path, progress: bool = True):
         self.config = config = with_defaults(algorithm, config)
         config.check()
+        hessian.check(algorithm, config)
         algorithm.for_dataset(config.dataset)
         self.algorithm, self.out, self.progress = algorithm, Path(out), progress
         torch.manual_seed(config.seed)
@@ -139,6 +144,7 @@ class Search:
         for group in self.bilevel.w_optimizer.param_groups:
             group["lr"] = lr
         stats = self.train_epoch(epoch, advance)
+        collapse = hessian.monitor(self, epoch)
         took = time.perf_counter() - start
         self.elapsed += took
         self.stages[self.stage]["wall_time_s"] = round(self.stages[self.stage]["wall_time_s"] + took, 3)
@@ -147,7 +153,7 @@ class Search:
         cells = {k: v for k, v in genotype.to_dict().items() if k in ("normal", "reduce", "recurrent")}
         self.history.append({"stage": self.stage, "epoch": epoch, "lr": lr, **notes,
                              **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
-                             "genotype": cells})
+                             "genotype": cells, **collapse})
         self.save_checkpoint()
         self.write_outputs(genotype)
         return self.history[-1]
@@ -169,7 +175,7 @@ class Search:
         with Progress(*columns, console=Console(stderr=True), disable=not self.progress) as bar:
             task = bar.add_task(self.algorithm.label, total=steps * epochs * stages,
                                 completed=steps * (self.stage * epochs + self.epoch))
-            while True:
+            while not hessian.early_stop(self.history, self.config):
                 if self.epoch == epochs:
                     if self.stage + 1 == stages:
                         break
@@ -179,8 +185,12 @@ class Search:
                     stage = f"stage {self.stage + 1}/{stages} " if stages > 1 else ""
                     bar.console.print(f"{self.algorithm.label} {stage}epoch {self.epoch}/{epochs}: "
                                       f"{self.summary(done)}", highlight=False)
-        self.write_outputs(self.genotype(self.algorithm.conclude(self)))
+        self.write_outputs(self.genotype(hessian.stopped_genotype(self) or self.algorithm.conclude(self)))
         return self.record()
+
+    def fixed_batches(self, n: int) -> list:
+        """``n`` batches of the architecture part, the same ones at every call (the collapse monitor's)."""
+        return list(itertools.islice(self.loader(self.data.valid, 30_000), n))
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.data.train) / self.config.batch_size)
@@ -228,6 +238,7 @@ class Search:
             ("gpu_hours" if device.type == "cuda" else "cpu_hours"): round(hours, 6),
             "peak_memory": peak_memory(device), "epochs_done": len(self.history), "stages": self.stages,
             "epochs": self.history, "architecture": arch, **self.cell_notes(), **self.notes,
+            "early_stop": hessian.early_stop(self.history, self.config),
         }
 
     def _settings(self) -> Dict[str, Any]:
