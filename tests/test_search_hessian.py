@@ -66,7 +66,7 @@ def test_lanczos_finds_the_largest_eigenvalue_of_the_exact_hessian(algorithm):
     start = torch.cat([p.detach().flatten() for p in params])
     exact = torch.autograd.functional.hessian(loss_of, start, vectorize=True)
     spectrum = torch.linalg.eigvalsh(exact)
-    assert spectrum[-1] > 0 and spectrum[-1] / spectrum.abs().max() > 1e-3, "a degenerate Hessian tests nothing"
+    assert spectrum[-1] > 0 and spectrum[0] < 0, "indefinite, as the supernets' are: where power iteration stalls"
     torch.manual_seed(1)
     loss = F.cross_entropy(model(x), y)
     found = hessian.dominant_eigenvalue(loss, params, seed=0, steps=80, tol=1e-10)
