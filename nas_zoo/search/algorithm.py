@@ -91,7 +91,7 @@ class SearchConfig:
 LOOP_DEFAULTS = dict(epochs=50, batch_size=64, init_channels=16, layers=8, nodes=4, train_portion=0.5, lr=0.025,
                      lr_min=0.001, momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0, arch_lr=3e-4,
                      arch_betas=(0.5, 0.999), arch_weight_decay=1e-3, arch_warmup=0,
-                     arch_grad_clip=0.0, lr_warmup=0, imagenet_sample=(0.1, 0.025), hessian_every=2)
+                     arch_grad_clip=0.0, lr_warmup=0, imagenet_sample=(0.1, 0.025), hessian_every=5)
 #: The recurrent-cell search on PTB (DARTS ``rnn/train_search.py``, Sec. 3.2 / A.1.2): plain SGD at a constant
 #: lr 20 (scaled by the window's length), clip 0.25, weight decay 5e-7; alpha by Adam 3e-3 (PyTorch's betas,
 #: weight decay 1e-3); width 300, BPTT 35, the DARTS dropouts, TAR 1e-3. GDAS's RNN search kept them.
