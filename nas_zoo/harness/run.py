@@ -33,6 +33,12 @@ def to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def saved_settings(out) -> Optional[Dict[str, Any]]:
+    """The settings of the run in ``out`` (what ``--resume`` starts from), or None without a checkpoint."""
+    path = find_checkpoint(Path(out) / "checkpoint")
+    return None if path is None else json.loads(load_state(path)["run"]["settings"])
+
+
 def changed_settings(saved: Mapping[str, Any], given: Mapping[str, Any], may_change=()) -> List[str]:
     """``key old -> new`` for every setting (nested mappings by their leaf key) that differs, except ``may_change``."""
     changed = []
@@ -140,9 +146,9 @@ class Display:
         """What the bar is on (e.g. ``epoch 3/50``)."""
         self.bar.update(self.task, description=text)
 
-    def advance(self, stats: Optional[str] = None) -> None:
-        """One step done; ``stats``: the running figures shown beside the bar."""
-        self.bar.update(self.task, advance=1, **({"stats": stats} if stats is not None else {}))
+    def advance(self, stats: Optional[str] = None, steps: int = 1) -> None:
+        """``steps`` more done; ``stats``: the running figures shown beside the bar."""
+        self.bar.update(self.task, advance=steps, **({"stats": stats} if stats is not None else {}))
 
     def line(self, text: str) -> None:
         """A line that stays above the bar (an epoch's result)."""

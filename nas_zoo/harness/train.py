@@ -27,7 +27,7 @@ from ..resolver import resolve
 from .checkpoint import CheckpointError, find_checkpoint, load_state, load_weights
 from .data import IMAGE_SOURCES, DatasetError, DataSpec, build_dataset
 from .recipes import TrainConfig, paper_recipe, read_config_file
-from .run import Run, to_stderr
+from .run import Run, saved_settings, to_stderr
 
 
 @dataclass(frozen=True)
@@ -102,12 +102,6 @@ def architecture_difference(state: Mapping[str, Any], target: Target) -> Optiona
     return None
 
 
-def saved_config(out) -> Optional[TrainConfig]:
-    """The settings of the run in ``out`` (what ``--resume`` starts from), or None without a checkpoint."""
-    checkpoint = find_checkpoint(Path(out) / "checkpoint")
-    return None if checkpoint is None else TrainConfig(**load_state(checkpoint)["config"])
-
-
 def load_trained(target: Target, path, config: TrainConfig,
                  num_classes: Optional[int] = None) -> Tuple[NetworkBase, TrainConfig]:
     """The network in a run's checkpoint (its folder, the run's folder, or a bare ``.safetensors`` file built
@@ -170,7 +164,8 @@ def train_named(name: str, dataset: str, data_dir, out: Optional[Path] = None, r
         return train_language_model(name, dataset, data_dir, out, resume, values, log)
     target = Target.of(name, dataset)
     out = Path(out or Path("runs") / f"{target.model_name or target.genotype.name}-{dataset}")
-    recipe = ((saved_config(out) if resume else None) or target.recipe()).override(values)
+    saved = saved_settings(out) if resume else None
+    recipe = (TrainConfig(**saved["config"]) if saved else target.recipe()).override(values)
     return train(target, recipe, DataSpec(dataset, data_dir, download), out, resume, log, device)
 
 
@@ -179,9 +174,9 @@ def train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume
           progress: bool = True) -> List[Dict[str, Any]]:
     """Run (or resume) training into ``out``; returns the per-epoch metrics.
 
-    ``config`` of a resumed run must be the saved one (``saved_config``) up to the ``RESUMABLE`` fields.
+    ``config`` of a resumed run must be the saved one (``run.saved_settings``) up to the ``RESUMABLE`` fields.
     """
-    run = Run(out, {"dataset": target.dataset, **config.to_dict()}, RESUMABLE, progress, log)
+    run = Run(out, {"dataset": target.dataset, "config": config.to_dict()}, RESUMABLE, progress, log)
     device = device_for_run(device)
     with run.start(resume) as state:
         if state is not None:
