@@ -43,6 +43,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     deterministic: bool = False
+    sync_bn: bool = False  # under torchrun, batch norm over the whole batch instead of each process's share
 
     def __post_init__(self):
         for f in fields(self):  # a JSON file or a checkpoint can hold anything: "3", NaN, 1e400

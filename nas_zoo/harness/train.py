@@ -2,10 +2,15 @@
 
 The loop is DARTS's ``train.py``: per epoch, set the learning rate and the linearly ramped drop-path
 probability, train with the auxiliary loss (weight ``auxiliary_weight``) and gradient clipping, then
-evaluate on the test split. Every epoch ends in an atomic checkpoint (weights, optimizer, RNG and data
-order) and a rewritten ``metrics.jsonl``; ``resume=True`` continues from it, and in deterministic mode
-reproduces the losses of an uninterrupted run. A run holds its folder locked, never writes over another run
-(or a user's files) and never saves non-finite weights.
+evaluate on the test split. Every epoch ends in an atomic checkpoint (weights, optimizer, RNG) and a
+rewritten ``metrics.jsonl``; ``resume=True`` continues from it, and in deterministic mode reproduces the
+losses of an uninterrupted run. A run holds its folder locked, never writes over another run (or a user's
+files) and never saves non-finite weights.
+
+Under torchrun each process trains a replica (``DistributedDataParallel``) on its share of every batch: the
+batch size stays the global batch, so the learning rate keeps its meaning; the data of an epoch (order and
+augmentation, ``data.epoch_loader``) does not depend on the number of processes. Batch norm normalises each
+process's share, as the papers' multi-GPU runs did, or the whole batch with ``sync_bn``.
 """
 import json
 import math
@@ -16,7 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
 
 from ..language.lm import LMConfig, LMError, train_language_model
 from ..models.networks import NetworkBase, build_network
@@ -24,8 +29,9 @@ from ..registry.genotype import Genotype, TEXT_DATASETS
 from ..registry.summary import family
 from ..registry.zoo import NUM_CLASSES, data_config
 from ..resolver import resolve
+from . import distributed
 from .checkpoint import CheckpointError, find_checkpoint, load_state, load_weights
-from .data import IMAGE_SOURCES, DatasetError, DataSpec, build_dataset
+from .data import IMAGE_SOURCES, DatasetError, DataSpec, build_dataset, epoch_loader
 from .recipes import TrainConfig, paper_recipe, read_config_file
 from .run import Run, saved_settings, to_stderr
 
@@ -121,15 +127,10 @@ def load_trained(target: Target, path, config: TrainConfig,
     return model, config
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, generator=None) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      generator=generator, pin_memory=torch.cuda.is_available(), drop_last=False,
-                      persistent_workers=False)
-
-
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device) -> Dict[str, float]:
-    """Top-1 / top-5 error (%) and mean cross-entropy of ``model`` over ``loader``."""
+def evaluate_loader(model: nn.Module, loader, device: torch.device) -> Dict[str, float]:
+    """Top-1 / top-5 error (%) and mean cross-entropy of ``model`` over ``loader`` (under torchrun each rank's
+    share, ``epoch_loader(..., shuffle=False)``: the sums are added up over the ranks)."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     loss = correct1 = correct5 = total = 0.0
@@ -142,6 +143,7 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device) 
         correct1 += (top5[:, 0] == targets).sum().item()
         correct5 += (top5 == targets[:, None]).any(dim=1).sum().item()
         total += len(targets)
+    loss, correct1, correct5, total = distributed.sum_values([loss, correct1, correct5, total], device)
     return dict(top1_error=100 * (1 - correct1 / total), top5_error=100 * (1 - correct5 / total),
                 loss=loss / total, images=int(total))
 
@@ -161,6 +163,7 @@ def train_named(name: str, dataset: str, data_dir, out: Optional[Path] = None, r
         if given:
             raise LMError(f"{', '.join(given)}: not for a language model ({dataset}), which trains on the CPU with "
                           f"rnn/train.py's settings: {', '.join(lm_fields)}")
+        distributed.one_process(f"training a language model ({dataset})")
         return train_language_model(name, dataset, data_dir, out, resume, values, log)
     target = Target.of(name, dataset)
     out = Path(out or Path("runs") / f"{target.model_name or target.genotype.name}-{dataset}")
@@ -177,7 +180,8 @@ def train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume
     ``config`` of a resumed run must be the saved one (``run.saved_settings``) up to the ``RESUMABLE`` fields.
     """
     run = Run(out, {"dataset": target.dataset, "config": config.to_dict()}, RESUMABLE, progress, log)
-    device = device_for_run(device)
+    distributed.split_batch(config.batch_size)
+    device = distributed.start(device_for_run(device))
     with run.start(resume) as state:
         if state is not None:
             _check_resume(state, target, config, run)
@@ -186,7 +190,7 @@ def train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume
 
 def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config: TrainConfig, data: DataSpec,
            device: torch.device) -> List[Dict[str, Any]]:
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed + distributed.rank())  # DDP starts every rank from rank 0's weights
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -197,6 +201,8 @@ def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config:
     test_set = build_dataset(data, probe.pretrained_cfg, train=False)
     num_classes = len(train_set.classes) if data.dataset == "folder" else None
     model = target.build(config, num_classes) if num_classes else probe
+    if config.sync_bn:
+        model = distributed.sync_batch_norm(model, device)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -204,30 +210,33 @@ def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config:
                                 weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smooth)
-    order = torch.Generator().manual_seed(config.seed)
     start = 0
     if state is not None:
         run.load(model, state)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        order.set_state(state["data_order"])
         start = state["epoch"]
         run.log(f"resumed from {run.checkpoint} at epoch {start}")
+    forward = replicate(model, device)
 
-    train_loader = make_loader(train_set, config.batch_size, True, config.num_workers, order)
-    test_loader = make_loader(test_set, config.batch_size, False, config.num_workers)
-    with run.display(len(train_loader) * config.epochs, len(train_loader) * start) as display:
+    def loader(dataset, epoch: int, shuffle: bool = True):
+        return epoch_loader(dataset, config.batch_size, config.seed, epoch, shuffle, config.num_workers)
+
+    steps = len(loader(train_set, 0))
+    with run.display(steps * config.epochs, steps * start) as display:
         for epoch in range(start, config.epochs):
             lr = config.lr_at(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             model.drop_path_prob = config.drop_path_prob * epoch / config.epochs
             display.describe(f"epoch {epoch + 1}/{config.epochs}")
+            trained = _train_epoch(model, forward, loader(train_set, epoch), optimizer, scaler, criterion, config,
+                                   device, epoch, display)
+            distributed.broadcast_(list(model.buffers()))  # every rank evaluates, and rank 0 saves, its statistics
             metrics = dict(epoch=epoch + 1, lr=lr, drop_path_prob=model.drop_path_prob,
-                           threads=torch.get_num_threads(),
-                           **_train_epoch(model, train_loader, optimizer, scaler, criterion, config, device, epoch,
-                                          display),
-                           **{f"test_{k}": v for k, v in evaluate_loader(model, test_loader, device).items()})
+                           threads=torch.get_num_threads(), devices=distributed.world_size(), **trained,
+                           **{f"test_{k}": v for k, v in evaluate_loader(model, loader(test_set, 0, False),
+                                                                          device).items()})
             if not math.isfinite(metrics["test_loss"]):
                 raise FloatingPointError(f"epoch {epoch}: the test loss became {metrics['test_loss']}; the "
                                          f"checkpoint after {epoch} epochs is kept; lower --learning-rate")
@@ -236,7 +245,7 @@ def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config:
                          f"({metrics['images_per_s']:.0f} img/s)")
             run.save(model, dict(
                 epoch=epoch + 1, config=config.to_dict(), optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict(), data_order=order.get_state(), genotype=target.genotype.to_dict(),
+                scaler=scaler.state_dict(), devices=distributed.world_size(), genotype=target.genotype.to_dict(),
                 network=target.network, dataset=target.dataset, model=target.model_name or "",
                 num_classes=model.num_classes), metrics)
     return run.history
@@ -258,7 +267,27 @@ def _check_resume(state: Mapping[str, Any], target: Target, config: TrainConfig,
                 f"longer the same run as one trained for {saved['epochs']} epochs)")
 
 
-def _train_epoch(model, loader, optimizer, scaler, criterion, config: TrainConfig, device, epoch,
+class TrainingForward(nn.Module):
+    """``network.forward_train`` as a module's forward, which is what ``DistributedDataParallel`` wraps."""
+
+    def __init__(self, network: NetworkBase):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor):
+        return self.network.forward_train(images)
+
+
+def replicate(model: NetworkBase, device: torch.device) -> Callable:
+    """``model.forward_train``, under torchrun as one replica of ``DistributedDataParallel``: it starts every rank
+    from rank 0's weights and buffers, averages the gradients during the backward pass, and gives every forward
+    rank 0's batch-norm statistics."""
+    if distributed.world_size() == 1:
+        return model.forward_train
+    return DistributedDataParallel(TrainingForward(model), device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _train_epoch(model, forward, loader, optimizer, scaler, criterion, config: TrainConfig, device, epoch,
                  display) -> Dict[str, float]:
     model.train()
     loss_sum = correct = seen = 0.0
@@ -268,7 +297,7 @@ def _train_epoch(model, loader, optimizer, scaler, criterion, config: TrainConfi
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            logits, auxiliary = model.forward_train(images)
+            logits, auxiliary = forward(images)
             loss = criterion(logits, targets)
             if auxiliary is not None:
                 loss = loss + config.auxiliary_weight * criterion(auxiliary, targets)
@@ -284,6 +313,7 @@ def _train_epoch(model, loader, optimizer, scaler, criterion, config: TrainConfi
         loss_sum += loss.item() * len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += len(targets)
-        rate = seen / (time.perf_counter() - started)
+        rate = seen * distributed.world_size() / (time.perf_counter() - started)
         display.advance(f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:.1f}% {rate:.0f} img/s")
+    loss_sum, correct, seen = distributed.sum_values([loss_sum, correct, seen], device)
     return dict(train_loss=loss_sum / seen, train_acc=100 * correct / seen, images_per_s=rate)
