@@ -38,7 +38,7 @@ def fail(message: str) -> "typer.Exit":
 def library_errors(out: Optional[Path] = None):
     """The library's errors (bad input of any kind) as one line on stderr and exit status 2; other
     exceptions are bugs and keep their traceback. Under torchrun, a rank that stopped because rank 0 failed
-    exits with status 2 quietly: rank 0 prints the error."""
+    exits with status 2 quietly (rank 0 prints the error), and one that lost another rank says so in one line."""
     try:
         yield
     except distributed.Stopped:  # rank 0 failed and said why
@@ -47,6 +47,12 @@ def library_errors(out: Optional[Path] = None):
         raise fail(str(e)) from None
     except OSError as e:  # a folder that cannot be written, a disk that is full
         raise fail(f"{e.filename or out}: {e.strerror}") from None
+    except RuntimeError as e:
+        reason = distributed.lost(e)
+        if reason is None:
+            raise
+        raise fail(f"another process is gone ({reason}); torchrun's summary names the one that failed first (a run "
+                   "continues from its last checkpoint with --resume)") from None
 
 
 THREADS_HELP = f"PyTorch's CPU threads; {AUTO}: one per core idle at start (README, Threads)"

@@ -268,4 +268,5 @@ def epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, shuff
     global batch: each rank loads its share (``distributed.split_batch``; a measurement rounds the share up)."""
     share = distributed.split_batch(batch_size) if shuffle else math.ceil(batch_size / distributed.world_size())
     return DataLoader(EpochSeeded(dataset, seed), share, sampler=EpochSampler(dataset, seed, epoch, shuffle),
-                      num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=False)
+                      num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=False,
+                      generator=torch.Generator())  # its workers' seeds, which nothing uses: not from our stream

@@ -14,7 +14,7 @@ import datetime
 import json
 import os
 import time
-from typing import Any, Callable, List, Sequence, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -164,6 +164,15 @@ def broadcast_(tensors: Sequence[torch.Tensor]) -> None:
     with torch.no_grad():
         for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
             t.copy_(part.view_as(t))
+
+
+def lost(error: BaseException) -> Optional[str]:
+    """Why the process group broke, when ``error`` says that another rank is gone (it died, or torchrun stopped
+    it): c10d's errors, or gloo's, which are plain RuntimeErrors naming its transport; else None."""
+    text = str(error)
+    if not (launched() and (isinstance(error, dist.DistError) or "gloo" in text and "peer" in text)):
+        return None
+    return text.split("] ", 1)[-1].split(". ", 1)[0]  # "Read error [HOST]:PORT: Connection reset by peer"
 
 
 def report(message: str) -> None:
