@@ -15,14 +15,17 @@ genotype's ``cell`` list, from input j into node i) and the same with ``-label``
 back; a state's box is ``{cell}-state{s}``.
 """
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.path import Path as Curve
 
+from ..files import write_ours
 from ..registry.genotype import AnyGenotype, RecurrentGenotype
-from .figures import styled
+from ..resolver import resolve
+from .figures import FORMATS, figure_bytes, styled
 
 INPUT, NODE, OUTPUT = "#b4eeb4", "#add8e6", "#eee8aa"  # Graphviz's darkseagreen2, lightblue, palegoldenrod
 WIDTH, HEIGHT = 0.8, 0.5  # a state's box
@@ -294,3 +297,16 @@ def draw_cells(graphs: Sequence[CellGraph], name: str = "") -> Figure:
 def draw_genotype(genotype: AnyGenotype, network: Optional[str] = None) -> Figure:
     """The cells of ``genotype`` (``cell_graphs``) in one figure."""
     return draw_cells(cell_graphs(genotype, network), genotype.name)
+
+
+def plot(name: str, out=None) -> Path:
+    """Draw the cells of ``name`` (``nas_zoo.resolve``: a zoo model, genotype or genotype file) into ``out``, an SVG
+    or PNG file by its suffix (default ``NAME.png``); returns the file written (``files.write_ours``)."""
+    resolved = resolve(name)
+    genotype = resolved.genotype
+    out = Path(out or f"{genotype.name if resolved.kind == 'file' else name}.png")
+    format = out.suffix.lstrip(".").lower()
+    if format not in FORMATS:
+        raise ValueError(f"--out {out}: the suffix picks the format; use .svg or .png")
+    write_ours(out, figure_bytes(draw_genotype(genotype, network_of(genotype, resolved.model)), format))
+    return out
