@@ -35,7 +35,8 @@ INCH = 0.62  # inches per unit of the layout
 
 #: GDAS's fixed reduction cell (Dong & Yang, CVPR 2019, Sec. 3.3 and Fig. 3; ``models.cells.FixedReductionCell``):
 #: per input a grouped-convolution branch and a max-pooling branch, the four concatenated. (id, label, input)
-FIXED_REDUCTION = (("group_conv", "1x3, 3x1 group conv\n+ 1x1 conv", 0), ("group_conv", "1x3, 3x1 group conv\n+ 1x1 conv", 1),
+GROUP_CONV = "1x3, 3x1 group conv\n+ 1x1 conv"
+FIXED_REDUCTION = (("group_conv", GROUP_CONV, 0), ("group_conv", GROUP_CONV, 1),
                    ("max_pool_3x3", "max_pool_3x3", 0), ("max_pool_3x3", "max_pool_3x3", 1))
 
 
@@ -90,9 +91,9 @@ def recurrent_cell(genotype: RecurrentGenotype) -> CellGraph:
     steps = tuple(Edge(2 + j, 3 + k, act, f"recurrent-edge{k}-from{j}-to{k + 1}-{act}")
                   for k, (act, j) in enumerate(genotype.recurrent))
     states = ", ".join(map(str, genotype.concat))
-    return CellGraph("recurrent", f"recurrent cell; $h_t$ is the average of states {states}", (r"$x_{t}$", r"$h_{t-1}$"),
-                     tuple(str(i) for i in range(len(genotype.recurrent) + 1)), r"$h_{t}$", first + steps,
-                     tuple(2 + s for s in genotype.concat))
+    return CellGraph("recurrent", f"recurrent cell; its output is the average of states {states}",
+                     (r"$x_{t}$", r"$h_{t-1}$"), tuple(str(i) for i in range(len(genotype.recurrent) + 1)), r"$h_{t}$",
+                     first + steps, tuple(2 + s for s in genotype.concat))
 
 
 def cell_graphs(genotype: AnyGenotype, network: Optional[str] = None) -> List[CellGraph]:
@@ -252,8 +253,9 @@ def _draw_cell(ax, graph: CellGraph, title: str) -> None:
         arrow.set_gid(edge.id if edge else f"{graph.key}-output-from{chain[0]}")
         ax.add_patch(arrow)
         if a in placed.label_at:
-            text = ax.text(*position[placed.label_at[a]], edge.label, ha="center", va="center", fontsize=9, zorder=3, linespacing=1.0,
-                           bbox=dict(boxstyle="round,pad=0.12", facecolor="white", edgecolor="none", alpha=0.85))
+            text = ax.text(*position[placed.label_at[a]], edge.label, ha="center", va="center", fontsize=9, zorder=3,
+                           linespacing=1.0, bbox=dict(boxstyle="round,pad=0.12", facecolor="white", edgecolor="none",
+                                                      alpha=0.85))
             text.set_gid(f"{edge.id}-label")
     for s, name in enumerate(graph.labels):
         x, y = position[s]

@@ -132,6 +132,7 @@ def heat_map(run: SearchRun, stage: int, cell_type: str) -> Figure:
         ax.set_title(title, fontsize=8, pad=2)
         ax.set_yticks(range(len(candidates[e])), candidates[e] if (same and col == 0) or not same else [],
                       fontsize=6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(axis="x", labelsize=6, length=2)
         ax.tick_params(axis="y", length=0)
         op = chosen.get((row, col))

@@ -34,9 +34,10 @@ def _settings_rows(run: SearchRun) -> List[List[Any]]:
     rows = [["algorithm", record["algorithm"]], ["seed", record["seed"]]]
     rows += [[k, v] for k, v in record["options"].items()]
     rows += [[k, config[k]] for k in SETTINGS if config.get(k) is not None]
-    rows += [["epochs run", record["epochs_done"]], ["stages", len(record["stages"])],
-             ["device", record["device"]], ["wall time (s)", record["wall_time_s"]], [cost.replace("_", " "), record[cost]],
-             [f"peak memory (MiB, {record['peak_memory']['kind']})", round(record["peak_memory"]["bytes"] / 2 ** 20, 1)],
+    memory = record["peak_memory"]
+    rows += [["epochs run", record["epochs_done"]], ["stages", len(record["stages"])], ["device", record["device"]],
+             ["wall time (s)", record["wall_time_s"]], [cost.replace("_", " "), record[cost]],
+             [f"peak memory (MiB, {memory['kind']})", round(memory["bytes"] / 2 ** 20, 1)],
              ["versions", ", ".join(f"{k} {v}" for k, v in record["versions"].items())]]
     return rows
 
