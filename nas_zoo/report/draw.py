@@ -12,7 +12,8 @@ edge a chain of cubic curves that are horizontal where they meet a node or a vir
 
 Every arrow and its label carry an SVG id, ``{cell}-edge{k}-from{j}-to{i}-{operation}`` (the k-th edge of the
 genotype's ``cell`` list, from input j into node i) and the same with ``-label``, so a program can read a drawing
-back; a state's box is ``{cell}-state{s}``.
+back; a state's box is ``{cell}-state{s}`` (s counts the inputs, the nodes, then the output) and an arrow into
+the output ``{cell}-output-from{s}``.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,7 +214,7 @@ def _place(layers, before, after, size: Dict[int, float]) -> Dict[int, Tuple[flo
 
 
 # -- drawing ------------------------------------------------------------------------------------------------
-def _ports(chains: List[List[int]], position, states: int) -> Dict[Tuple[int, int], float]:
+def _ports(chains: List[List[int]], position) -> Dict[Tuple[int, int], float]:
     """Where each arc leaves and enters a box: spread over its side, ordered by where the arc comes from or goes."""
     ports: Dict[Tuple[int, int], float] = {}
     for end, step in ((0, 1), (-1, -2)):  # leaving: toward the next point; entering: from the one before
@@ -238,10 +239,9 @@ def _curve(points: List[Tuple[float, float]]) -> Curve:
     return Curve(vertices, codes)
 
 
-def _draw_cell(ax, graph: CellGraph, title: str) -> None:
-    placed = layout(graph)
+def _draw_cell(ax, graph: CellGraph, placed: Layout, title: str) -> None:
     position, states = placed.position, len(graph.labels)
-    ports = _ports(placed.chains, position, states)
+    ports = _ports(placed.chains, position)
     for a, chain in enumerate(placed.chains):
         (xs, ys), (xt, yt) = position[chain[0]], position[chain[-1]]
         points = [(xs + WIDTH / 2, ys + ports[a, 0]), *(position[v] for v in chain[1:-1]),
@@ -273,25 +273,25 @@ def _draw_cell(ax, graph: CellGraph, title: str) -> None:
     ax.set_title(title, loc="left", fontsize=12)
 
 
-def _extent(graph: CellGraph) -> Tuple[float, float]:
-    position = layout(graph).position
-    xs, ys = [p[0] for p in position.values()], [p[1] for p in position.values()]
+def _extent(placed: Layout) -> Tuple[float, float]:
+    xs, ys = [p[0] for p in placed.position.values()], [p[1] for p in placed.position.values()]
     return max(xs) - min(xs) + 2 * WIDTH, max(ys) - min(ys) + 2 * HEIGHT
 
 
 @styled
 def draw_cells(graphs: Sequence[CellGraph], name: str = "") -> Figure:
     """One figure, the cells one above the other, each titled ``NAME: its title``."""
-    extents = [_extent(g) for g in graphs]
+    layouts = [layout(g) for g in graphs]
+    extents = [_extent(placed) for placed in layouts]
     title_height = 0.45  # inches
     width = max(w for w, _ in extents) * INCH
     height = sum(h * INCH + title_height for _, h in extents)
     figure = Figure(figsize=(width, height))
     top = 1.0
-    for graph, (w, h) in zip(graphs, extents):
+    for graph, placed, (w, h) in zip(graphs, layouts, extents):
         share = (h * INCH + title_height) / height
         ax = figure.add_axes((0, top - share, w * INCH / width, h * INCH / height))
-        _draw_cell(ax, graph, f"{name}: {graph.title}" if name else graph.title)
+        _draw_cell(ax, graph, placed, f"{name}: {graph.title}" if name else graph.title)
         top -= share
     return figure
 

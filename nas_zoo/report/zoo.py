@@ -22,7 +22,8 @@ from ..registry.zoo import LM_MODELS, MODELS, NUM_CLASSES
 from .draw import draw_genotype, network_of
 from .page import Page, check_format, markdown_table
 
-TABLE = re.compile(r"(<!-- zoo table: (?P<name>[a-z ]+) -->\n).*?(\n<!-- end of zoo table -->)", re.S)
+#: a README table: its opening comment, the table's lines (each begins with "|"), the closing comment
+TABLE = re.compile(r"(<!-- zoo table: (?P<name>[a-z ]+) -->\n)(?:\|[^\n]*\n)*(<!-- end of zoo table -->)")
 
 
 def _number(value, digits: int = 2) -> str:
@@ -59,7 +60,8 @@ def image_table(rows: List[Dict[str, Any]], page: bool = False) -> Tuple[List[st
     header = ["model", "genotype (file)", "network C/cells", "params", *(f"mult-adds M, {c}" for c in conventions),
               "paper params M", *["paper mult-adds M"] * page, "paper error %", "search GPU-days", "weights",
               *["source"] * page]
-    table = [[f"`{r['model']}`", _file(r), f"{r['network']} {r['C']}/{r['layers']}", _number(r["params"]),
+    code = "" if page else "`"  # Markdown's code span in the README
+    table = [[f"{code}{r['model']}{code}", _file(r), f"{r['network']} {r['C']}/{r['layers']}", _number(r["params"]),
               *(_number(r["flops"][c] / 1e6, 1) for c in conventions), _number(r["reported_params_M"]),
               *[_number(r["reported"].get("mult_adds_M"))] * page, _number(r["reported_error"]),
               _number(r["search_cost_gpu_days"]), _weights(r), *[r["reported"].get("source", "-")] * page]
@@ -70,7 +72,8 @@ def image_table(rows: List[Dict[str, Any]], page: bool = False) -> Tuple[List[st
 def language_table(rows: List[Dict[str, Any]], page: bool = False) -> Tuple[List[str], List[List[str]]]:
     header = ["model", "genotype (file)", "units", "words", "params", "paper params M", "paper valid ppl",
               "paper test ppl", "search GPU-days", *["source"] * page]
-    table = [[f"`{r['model']}`", _file(r), _number(r["nhid"]), _number(r["ntoken"]), _number(r["params"]),
+    code = "" if page else "`"
+    table = [[f"{code}{r['model']}{code}", _file(r), _number(r["nhid"]), _number(r["ntoken"]), _number(r["params"]),
               _number(r["reported_params_M"]), _number(r["reported_val_ppl"]), _number(r["reported_test_ppl"]),
               _number(r["search_cost_gpu_days"]), *[r["reported"].get("source", "-")] * page] for r in rows]
     return header, table
@@ -86,7 +89,7 @@ def readme_tables() -> Dict[str, str]:
 def sync_readme(text: str) -> str:
     """``text`` (a README) with every ``<!-- zoo table: NAME -->`` block holding the registry's table NAME."""
     tables = readme_tables()
-    return TABLE.sub(lambda m: m.group(1) + tables[m.group("name")] + m.group(3), text)
+    return TABLE.sub(lambda m: m.group(1) + tables[m.group("name")] + "\n" + m.group(3), text)
 
 
 def zoo_page() -> Page:
