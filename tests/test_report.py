@@ -224,8 +224,8 @@ def test_readme_tables_are_the_registrys():
     readme = (ROOT / "README.md").read_text()
     assert readme.count("<!-- zoo table: ") == 2
     assert sync_readme(readme) == readme, "run: python -m nas_zoo.report.zoo README.md"
-    doctored = re.sub(r"\| `gdas_v1\.cifar10` \| ([^|]+) \| ([^|]+) \| [0-9,]+ \|", r"| `gdas_v1.cifar10` | \1 | \2 | 1 |",
-                      readme, count=1)
+    row = r"\| `gdas_v1\.cifar10` \| ([^|]+) \| ([^|]+) \| [0-9,]+ \|"  # its params
+    doctored = re.sub(row, r"| `gdas_v1.cifar10` | \1 | \2 | 1 |", readme, count=1)
     assert doctored != readme and sync_readme(doctored) == readme
     emptied = re.sub(r"(<!-- zoo table: [a-z ]+ -->\n)(\|[^\n]*\n)+", r"\1", readme)  # blocks left empty
     assert emptied.count("\n|") < readme.count("\n|") and sync_readme(emptied) == readme

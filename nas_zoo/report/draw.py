@@ -92,22 +92,28 @@ def recurrent_cell(genotype: RecurrentGenotype) -> CellGraph:
     steps = tuple(Edge(2 + j, 3 + k, act, f"recurrent-edge{k}-from{j}-to{k + 1}-{act}")
                   for k, (act, j) in enumerate(genotype.recurrent))
     states = ", ".join(map(str, genotype.concat))
-    return CellGraph("recurrent", f"recurrent cell; its output is the average of states {states}",
+    return CellGraph("recurrent", f"{cell_name('recurrent')}; its output is the average of states {states}",
                      (r"$x_{t}$", r"$h_{t-1}$"), tuple(str(i) for i in range(len(genotype.recurrent) + 1)), r"$h_{t}$",
                      first + steps, tuple(2 + s for s in genotype.concat))
 
 
+def cell_name(key: str, network: Optional[str] = None) -> str:
+    """What a genotype's cell (``normal``, ``reduce``, ``recurrent``) is called in ``network``: a broad network's
+    (bcnn, bcnn_imagenet) as BNAS-v2 names them, convolution cells (``normal``) and enhancement cells
+    (``reduce``)."""
+    if (network or "").startswith("bcnn"):
+        return {"normal": "convolution cell", "reduce": "enhancement cell"}[key]
+    return {"normal": "normal cell", "reduce": "reduction cell", "recurrent": "recurrent cell"}[key]
+
+
 def cell_graphs(genotype: AnyGenotype, network: Optional[str] = None) -> List[CellGraph]:
-    """The cells of ``genotype`` as built in ``network``: a broad network's (bcnn, bcnn_imagenet) are named as
-    BNAS-v2 names them, convolution cells (``normal``) and enhancement cells (``reduce``)."""
+    """The cells of ``genotype`` as built in ``network`` (``cell_name``)."""
     if isinstance(genotype, RecurrentGenotype):
         return [recurrent_cell(genotype)]
-    broad = (network or "").startswith("bcnn")
-    normal = cnn_cell("normal", "convolution cell" if broad else "normal cell", genotype.normal, genotype.normal_concat)
+    normal = cnn_cell("normal", cell_name("normal", network), genotype.normal, genotype.normal_concat)
     if genotype.reduce is None:
         return [normal, fixed_reduction_cell("reduction cell: GDAS's fixed reduction cell (FRC)")]
-    return [normal, cnn_cell("reduce", "enhancement cell" if broad else "reduction cell", genotype.reduce,
-                             genotype.reduce_concat)]
+    return [normal, cnn_cell("reduce", cell_name("reduce", network), genotype.reduce, genotype.reduce_concat)]
 
 
 def network_of(genotype: AnyGenotype, model=None) -> Optional[str]:

@@ -6,6 +6,7 @@ from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .draw import cell_name, network_of
 from .figures import styled
 from .runs import SearchRun, TrainingRun
 
@@ -143,8 +144,8 @@ def heat_map(run: SearchRun, stage: int, cell_type: str) -> Figure:
                 spine.set(visible=True, color="red", linewidth=1.5)
     figure.colorbar(image, ax=axes, shrink=0.6, label="weight")
     stage_text = f", stage {stage + 1}" if len(run.record["stages"]) > 1 else ""
-    figure.suptitle(f"{cell_type} cell{stage_text}: operation weights per epoch (red: the derived edges)",
-                    fontsize=10)
+    name = cell_name(cell_type, network_of(run.genotype))
+    figure.suptitle(f"{name}{stage_text}: operation weights per epoch (red: the derived edges)", fontsize=10)
     return figure
 
 

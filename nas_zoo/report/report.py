@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from ..registry.summary import reported_error
-from .draw import draw_genotype, network_of
+from .draw import cell_name, draw_genotype, network_of
 from .page import Page, check_format
 from .plots import collapse_figure, collapse_signals, comparison_figure, heat_map, search_curves, training_figure
 from .runs import SearchRun, TrainingRun, read_run
@@ -67,15 +67,16 @@ def search_section(page: Page, run: SearchRun, name: str, index: int) -> None:
     if not run.language or signals:
         missing = "" if signals else " The record holds no collapse-monitor values (hessian_eigenvalue)."
         page.figure(f"{name}-collapse", collapse_figure(run), "Collapse signals per epoch." + missing)
+    network = network_of(run.genotype)
     if all("operation_weights" in e for e in run.epochs):
         for stage, info in enumerate(record["stages"]):
             for cell_type in info["candidates"]:
                 if any(e["stage"] == stage for e in run.epochs):
                     page.figure(f"{name}-{cell_type}-stage{stage + 1}", heat_map(run, stage, cell_type),
-                                f"Operation weights of every {cell_type}-cell edge per epoch.")
+                                f"Operation weights of every edge of the {cell_name(cell_type, network)} per epoch.")
     else:
         page.text("The record holds no per-epoch operation weights (written by an older nas-zoo): no heat maps.")
-    page.figure(f"{name}-cells", draw_genotype(run.genotype, network_of(run.genotype)), "The cells found.")
+    page.figure(f"{name}-cells", draw_genotype(run.genotype, network), "The cells found.")
     columns = _epoch_columns(run.epochs)
     stages = len(record["stages"]) > 1
     skips = run.skip_connections()
