@@ -23,6 +23,7 @@ from nas_zoo.report.report import training_section
 from nas_zoo.report.runs import SearchRun, TrainingRun, read_run
 from nas_zoo.report.zoo import sync_readme
 from tests.conftest import ROOT, write_tiny_cifar
+from tests.test_rnn import SMALL, _write_corpus
 
 runner = CliRunner()
 TINY = ["--init-channels", "4", "--layers", "3", "--batch-size", "8", "--num-workers", "0", "--threads", "1"]
@@ -72,8 +73,8 @@ def png(data: bytes) -> bool:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Real searches on the tiny CIFAR folder: DARTS (2 epochs), P-DARTS (3 stages of 1 epoch); and one epoch of
-    training the DARTS search's genotype."""
+    """Real searches on the tiny CIFAR folder: DARTS (2 epochs), P-DARTS (3 stages of 1 epoch); two epochs of
+    training the DARTS search's genotype, and of a small DARTS_V2 language model on a tiny corpus."""
     root = tmp_path_factory.mktemp("runs")
     data = write_tiny_cifar(root)
     for out, args in (("darts", ["darts", "--epochs", "2"]),
@@ -83,6 +84,10 @@ def runs(tmp_path_factory):
     result = runner.invoke(app, ["train", str(root / "darts" / "genotype.json"), "--dataset", "cifar10", "--data-dir",
                                  str(data), "--out", str(root / "train"), "--init-channels", "4", "--layers", "3",
                                  "--batch-size", "16", "--num-workers", "0", "--epochs", "2", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    settings = [a for k, v in {**SMALL, "epochs": 2}.items() for a in ("--set", f"{k}={v}")]
+    result = runner.invoke(app, ["train", "darts_v2_ptb", "--dataset", "ptb", "--data-dir",
+                                 str(_write_corpus(root / "ptb")), "--out", str(root / "lm"), *settings])
     assert result.exit_code == 0, result.output
     return root
 
@@ -156,34 +161,43 @@ def test_markdown_report_is_a_folder_of_its_page_and_images(runs, tmp_path):
 
 def test_several_runs_side_by_side(runs, tmp_path):
     out = tmp_path / "report.html"
-    report(runs / "darts", runs / "pdarts", runs / "train", "--out", out)
+    report(runs / "darts", runs / "pdarts", runs / "train", runs / "lm", "--out", out)
     page = Parsed(out.read_text())
     table = {row[0]: row[1:] for row in page.tables["comparison"]}
     records = [json.loads((runs / r / "search.json").read_text()) for r in ("darts", "pdarts")]
     assert table[""] == ["darts", "pdarts"] and table["algorithm"] == [r["algorithm"] for r in records]
     assert [float(v) for v in table["last valid accuracy / perplexity"]] == pytest.approx(
         [r["epochs"][-1]["valid_acc"] for r in records], rel=1e-5)
-    # the training run: its epochs as metrics.jsonl holds them; no paper error for a 4-channel network
-    metrics = [json.loads(line) for line in (runs / "train" / "metrics.jsonl").read_text().splitlines()]
-    header, *rows = page.tables["epochs-2"]
-    assert len(rows) == len(metrics) == 2
-    for row, epoch in zip(rows, metrics):
-        assert [float(v) for v in row] == pytest.approx([epoch[k] for k in header], rel=1e-5)
-    assert any("reports no error" in t for t in page.texts)
+    # the training runs: their epochs as metrics.jsonl holds them (numbers; the LM's optimizer is text)
+    for index, run in ((2, "train"), (3, "lm")):
+        metrics = [json.loads(line) for line in (runs / run / "metrics.jsonl").read_text().splitlines()]
+        header, *rows = page.tables[f"epochs-{index}"]
+        assert len(rows) == len(metrics) == 2 and "optimizer" not in header
+        assert ({"test_top1_error", "train_acc"} if run == "train" else {"valid_ppl", "train_ppl"}) <= set(header)
+        for row, epoch in zip(rows, metrics):
+            assert [float(v) for v in row] == pytest.approx([epoch[k] for k in header], rel=1e-5)
+    assert any("The paper reports no figure for DARTS_1ST_CIFAR10_SEED2" in t for t in page.texts)
+    assert any("(16 units) is not the paper's size (850 units)" in t for t in page.texts)
+    assert len(page.images) == 1 + 5 + (3 + 6) + 2 + 2  # comparison, darts, pdarts (6 heat maps), two training runs
 
 
-def test_training_run_of_the_papers_size_shows_the_papers_error(tmp_path):
-    genotype = get_genotype("GDAS_V1")
-    state = dict(config=dict(init_channels=36, layers=20, epochs=600), genotype=genotype.to_dict(), network="cifar",
-                 dataset="cifar10", model="gdas_v1")
-    metrics = [dict(epoch=1, train_loss=2.0, train_acc=30.0, test_loss=1.8, test_top1_error=60.0)]
-    page = Page("test")
-    training_section(page, TrainingRun(tmp_path, metrics, state, genotype), "gdas", 0)
-    assert "The paper reports 2.93% test error" in " ".join(c for k, c in page.blocks if k == "text")
-    state["config"]["init_channels"] = 16
-    page = Page("test")
-    training_section(page, TrainingRun(tmp_path, metrics, state, genotype), "gdas", 0)
-    assert "is not the paper's size (C=36, 20 cells)" in " ".join(c for k, c in page.blocks if k == "text")
+@pytest.mark.parametrize("name, about, size, shown, left_out", [
+    ("GDAS_V1", dict(network="cifar", dataset="cifar10", model="gdas_v1"), ("init_channels", 36, 16),
+     "The paper reports 2.93 test error (%)", "(C=16, 20 cells) is not the paper's size (C=36, 20 cells)"),
+    ("DARTS_V2_RNN", dict(dataset="ptb", model="darts_v2_ptb"), ("nhid", 850, 200),
+     "The paper reports 58.1 validation perplexity", "(200 units) is not the paper's size (850 units)")])
+def test_training_run_shows_the_papers_figure_at_the_papers_size_only(tmp_path, name, about, size, shown, left_out):
+    genotype = get_genotype(name)
+    key, paper, other = size  # the paper's value of the setting, and another
+    config = dict(init_channels=36, layers=20, nhid=850)
+    metrics = [dict(epoch=1, train_loss=2.0, train_acc=30.0, test_loss=1.8, test_top1_error=60.0, train_ppl=7.4,
+                    valid_loss=1.9, valid_ppl=6.7)]
+    for value, sentence in ((paper, shown), (other, left_out)):
+        state = {**about, "config": {**config, key: value}, "genotype": genotype.to_dict()}
+        state = state if "network" in about else {"info": state}
+        page = Page("test")
+        training_section(page, TrainingRun(tmp_path, metrics, state, genotype), "run", 0)
+        assert sentence in " ".join(c for k, c in page.blocks if k == "text")
 
 
 def test_collapse_monitor_values_are_drawn_when_recorded(runs):
@@ -201,7 +215,6 @@ def test_collapse_monitor_values_are_drawn_when_recorded(runs):
 
 def test_report_bad_input_is_one_line(runs, tmp_path):
     (tmp_path / "empty").mkdir()
-    (tmp_path / "lm" / "last").mkdir(parents=True)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "search.json").write_text("{")
     mine = tmp_path / "mine.html"
@@ -209,7 +222,6 @@ def test_report_bad_input_is_one_line(runs, tmp_path):
     for args, message in [
             ([str(tmp_path / "empty")], "holds no search.json (nas-zoo search) or metrics.jsonl (nas-zoo train)"),
             ([str(tmp_path / "none")], "does not exist"),
-            ([str(tmp_path / "lm")], "a language model's training run keeps no per-epoch record"),
             ([str(tmp_path / "broken")], "cannot be read as JSON"),
             ([], "no run given"), ([str(runs / "darts"), "--zoo"], "not both"),
             ([str(runs / "darts"), "--format", "pdf"], "--format 'pdf': use one of html, md"),

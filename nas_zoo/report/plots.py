@@ -157,19 +157,25 @@ def _chosen(cell: Sequence, cell_type: str) -> Dict[Tuple[int, int], str]:
 
 
 @styled
-def training_figure(run: TrainingRun, paper_error: Optional[float]) -> Figure:
-    """Loss and top-1 error per epoch, train and test, beside the paper's reported error."""
+def training_figure(run: TrainingRun, paper: Optional[float]) -> Figure:
+    """Loss and top-1 error (a language model's perplexity, log scale) per epoch, on the training split and the
+    one the run measures on (test; a language model's validation), beside the paper's figure."""
     figure = Figure(figsize=(9, 3.2), layout="constrained")
-    epochs = [m["epoch"] for m in run.metrics]
-    loss, error = figure.subplots(1, 2)
-    loss.plot(epochs, [m["train_loss"] for m in run.metrics], marker="o", markersize=3, label="train")
-    loss.plot(epochs, [m["test_loss"] for m in run.metrics], marker="o", markersize=3, color="#d62728", label="test")
-    error.plot(epochs, [100 - m["train_acc"] for m in run.metrics], marker="o", markersize=3, label="train")
-    error.plot(epochs, [m["test_top1_error"] for m in run.metrics], marker="o", markersize=3, color="#d62728",
-               label="test")
-    if paper_error is not None:
-        error.axhline(paper_error, color="black", linestyle="--", linewidth=1, label=f"paper: {paper_error}%")
-    for ax, label in ((loss, "loss"), (error, "top-1 error (%)")):
+    m = run.metrics
+    if run.language:
+        panels = [("loss", {"train": [e["train_loss"] for e in m], "valid": [e["valid_loss"] for e in m]}),
+                  ("perplexity", {"train": [e["train_ppl"] for e in m], "valid": [e["valid_ppl"] for e in m]})]
+    else:
+        panels = [("loss", {"train": [e["train_loss"] for e in m], "test": [e["test_loss"] for e in m]}),
+                  ("top-1 error (%)", {"train": [100 - e["train_acc"] for e in m],
+                                       "test": [e["test_top1_error"] for e in m]})]
+    for ax, (label, curves) in zip(figure.subplots(1, 2), panels):
+        for (part, values), colour in zip(curves.items(), ("#1f77b4", "#d62728")):
+            ax.plot([e["epoch"] for e in m], values, marker="o", markersize=3, color=colour, label=part)
+        if label != "loss" and paper is not None:
+            ax.axhline(paper, color="black", linestyle="--", linewidth=1, label=f"paper: {paper}")
+        if label == "perplexity":
+            ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)

@@ -3,13 +3,13 @@
 A search shows its settings and cost, the supernet's curves, the epochs at which the derived genotype changed,
 the skip-connections of the normal cell per epoch (and the collapse monitor's values where the record has them),
 a heat map of every edge's operation weights over the epochs, the cells it found and every epoch's numbers as
-``search.json`` holds them. A training run shows its loss and error curves beside the paper's reported error and
-its epochs' numbers. Several searches get a table side by side and their validation curves together.
+``search.json`` holds them. A training run shows its loss and error (a language model's perplexity) curves
+beside the paper's figure and its epochs' numbers. Several searches get a table side by side and their
+validation curves together.
 """
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from ..registry.summary import reported_error
 from .draw import cell_name, draw_genotype, network_of
 from .page import Page, check_format
 from .plots import collapse_figure, collapse_signals, comparison_figure, heat_map, search_curves, training_figure
@@ -86,24 +86,18 @@ def search_section(page: Page, run: SearchRun, name: str, index: int) -> None:
 
 
 def training_section(page: Page, run: TrainingRun, name: str, index: int) -> None:
-    state, config = run.state, run.state["config"]
-    page.heading(f"{name}: training {run.name} on {state['dataset']}")
-    page.table(["setting", "value"], [["genotype", run.genotype.name], ["network", state["network"]]]
-               + [[k, v] for k, v in config.items() if not isinstance(v, (dict, list))], id=f"settings-{index}")
-    paper = run.paper()
-    error = reported_error(paper["reported"])
-    if error is not None:
-        page.text(f"The paper reports {error}% test error for this network ({paper['reported'].get('source', '')}).")
-    elif paper["paper_network"] is not None:
-        size = paper["paper_network"]
-        page.text(f"This network (C={config['init_channels']}, {config['layers']} cells) is not the paper's size "
-                  f"(C={size['C']}, {size['layers']} cells): the paper's error is not shown beside it.")
-    else:
-        page.text(f"The paper reports no error for {run.genotype.name} on {state['dataset']}.")
-    page.figure(f"{name}-training", training_figure(run, error), "Loss and top-1 error per epoch.")
+    about = run.about
+    page.heading(f"{name}: training {run.name} on {about['dataset']}")
+    network = None if run.language else about["network"]
+    settings = [[k, v] for k, v in about["config"].items() if not isinstance(v, (dict, list))]
+    page.table(["setting", "value"], [["genotype", run.genotype.name], ["network", network or "language model"],
+                                      *settings], id=f"settings-{index}")
+    paper, sentence = run.paper()
+    page.text(sentence)
+    page.figure(f"{name}-training", training_figure(run, paper), "The run per epoch.")
     columns = _epoch_columns(run.metrics)
     page.table(columns, [[m.get(k) for k in columns] for m in run.metrics], id=f"epochs-{index}")
-    page.figure(f"{name}-cells", draw_genotype(run.genotype, state["network"]), "The cells trained.")
+    page.figure(f"{name}-cells", draw_genotype(run.genotype, network), "The cells trained.")
 
 
 def comparison_section(page: Page, runs: Sequence[SearchRun], names: Sequence[str]) -> None:

@@ -1,14 +1,16 @@
-"""The runs a report reads: a search's folder (``search.json``, ``genotype.json``) or an image network's
-training run (``metrics.jsonl`` and the ``checkpoint`` that names what it trained), and what follows from their
-records: the epochs at which the derived genotype changed, the skip-connections per epoch, the paper's figures."""
+"""The runs a report reads: a search's folder (``search.json``, ``genotype.json``) or a training run's
+(``metrics.jsonl`` and the ``checkpoint`` that names what it trained), and what follows from their records: the
+epochs at which the derived genotype changed, the skip-connections per epoch, the paper's figures."""
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..harness.checkpoint import CheckpointError, find_checkpoint, load_state
 from ..harness.evaluate import paper_figures
+from ..models.rnn import paper_setting
 from ..registry.genotype import AnyGenotype, GenotypeError, load_genotype, parse_genotypes
+from ..registry.summary import reported_error
 
 
 class RunError(ValueError):
@@ -47,21 +49,53 @@ class SearchRun:
 
 @dataclass(frozen=True)
 class TrainingRun:
+    """``nas-zoo train --out``: an image network's run or a language model's (its checkpoint's ``info``)."""
+
     path: Path
     metrics: List[Dict[str, Any]]  # metrics.jsonl, one record per epoch
-    state: Dict[str, Any]  # the checkpoint's: config, genotype, network, dataset, model
+    state: Dict[str, Any]  # the checkpoint's: what was trained, on what, with which settings
     genotype: AnyGenotype
 
     @property
-    def name(self) -> str:
-        return self.state.get("model") or self.genotype.name
+    def language(self) -> bool:
+        return "info" in self.state
 
-    def paper(self) -> Dict[str, Any]:
-        """The paper's reported figures for this network on this dataset (None when the run's width or depth is
-        not the paper's: ``harness.evaluate.paper_figures``)."""
-        dataset = "imagenet" if self.state["dataset"] == "folder" else self.state["dataset"]
-        config = self.state["config"]
-        return paper_figures(self.genotype, dataset, self.state["network"], config["init_channels"], config["layers"])
+    @property
+    def about(self) -> Dict[str, Any]:
+        """model, dataset and config (and an image network's ``network``)."""
+        return self.state["info"] if self.language else self.state
+
+    @property
+    def name(self) -> str:
+        return self.about.get("model") or self.genotype.name
+
+    def paper(self) -> Tuple[Optional[float], str]:
+        """The paper's figure to draw beside the curves (an image network's test or top-1 error, a language
+        model's validation perplexity) and a sentence saying what it is, or why there is none: a network of
+        another size than the paper's gets none (``harness.evaluate.paper_figures``; a language model's width)."""
+        config, dataset = self.about["config"], self.about["dataset"]
+        if self.language:
+            evaluation = self.genotype.evaluation(dataset) or {}
+            reported, size = evaluation.get("reported"), paper_setting(self.genotype, dataset)["nhid"]
+            sized, ours, theirs = config["nhid"] == size, f"{config['nhid']} units", f"{size} units"
+            value, what = (reported or {}).get("val_ppl"), "validation perplexity"
+        else:
+            dataset = "imagenet" if dataset == "folder" else dataset
+            figures = paper_figures(self.genotype, dataset, self.state["network"], config["init_channels"],
+                                    config["layers"])
+            reported, paper = figures["reported"], figures["paper_network"]
+            sized = reported is not None or paper is None
+            ours = f"C={config['init_channels']}, {config['layers']} cells"
+            theirs = paper and f"C={paper['C']}, {paper['layers']} cells"
+            value, what = reported_error(reported), "test error (%)"
+            reported = reported or (self.genotype.evaluation(dataset) or {}).get("reported")
+        if not reported:
+            return None, f"The paper reports no figure for {self.genotype.name} on {self.about['dataset']}."
+        if not sized:
+            return None, f"This network ({ours}) is not the paper's size ({theirs}): the paper's figures are left out."
+        if value is None:
+            return None, f"The paper reports no {what} for this network."
+        return value, f"The paper reports {value} {what} for this network ({reported.get('source', 'no source')})."
 
 
 Run = Union[SearchRun, TrainingRun]
@@ -100,11 +134,9 @@ def read_run(path) -> Run:
             state = load_state(checkpoint)
         except CheckpointError as e:
             raise RunError(str(e)) from None
-        (genotype,) = parse_genotypes(state["genotype"], f"{checkpoint}/state.pt").values()
+        record = state["info"]["genotype"] if "info" in state else state["genotype"]
+        (genotype,) = parse_genotypes(record, f"{checkpoint}/state.pt").values()
         return TrainingRun(path, metrics, state, genotype)
-    if (path / "last").is_dir() or (path / "best").is_dir():
-        raise RunError(f"{path}: a language model's training run keeps no per-epoch record to draw (its checkpoints "
-                       "only); give a search folder or an image network's training run")
     what = "does not exist" if not path.exists() else "holds no search.json (nas-zoo search) or metrics.jsonl " \
                                                      "(nas-zoo train)"
     raise RunError(f"{path} {what}; give the --out folder of a search or a training run")
