@@ -77,11 +77,10 @@ class Execution:
                    optimizer: torch.optim.Optimizer, criterion: nn.Module, auxiliary_weight: float,
                    grad_clip: float) -> Tuple[torch.Tensor, torch.Tensor]:
         """One step of DARTS's ``train.py``: the loss with the auxiliary head's (weighted), backward, gradient
-        clipping, SGD; scaled and unscaled around the clipping in fp16. Returns the loss and the logits."""
-        images = images.to(self.device, non_blocking=True)
+        clipping, SGD; scaled and unscaled around the clipping in fp16. ``images`` and ``targets`` are on the
+        device. Returns the loss and the logits."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        targets = targets.to(self.device, non_blocking=True)
         with self.autocast():
             logits, auxiliary = model.forward_train(images)
             loss = criterion(logits, targets)
