@@ -1,6 +1,7 @@
 """Training options beyond the papers' scripts: the data path, mixed precision, channels-last and compilation
 (harness/execution.py), on the CPU here and, marked ``gpu``, on a CUDA GPU when there is one."""
 import json
+import logging
 
 import pytest
 import torch
@@ -49,34 +50,43 @@ def test_channels_last_only_where_torch_computes_it():
         assert weight.is_contiguous(memory_format=torch.channels_last) is taken
 
 
-def test_compiled_parts_compute_the_same_steps_without_recompiling():
-    """Compiled by parts (eager backend: the graphs dynamo captures, run as captured), the network gives the
-    eager network's logits and gradients, and a new drop-path probability compiles nothing new."""
+def test_compiled_parts_compute_the_same_steps_without_recompiling(caplog):
+    """Compiled by parts (eager backend: the graphs dynamo captures, run as captured), GDAS_V1 (DARTS cells and
+    GDAS's fixed reduction cell) gives the eager network's logits and gradients; a new drop-path probability
+    compiles nothing new; training, a partial batch and evaluation stay within the raised recompile limit
+    (this small network already exceeds torch's default 8 graphs for one code)."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
+    logging.getLogger("torch._dynamo").addHandler(caplog.handler)  # torch's loggers do not propagate
     torch.manual_seed(0)
-    eager = nas_zoo.build_network("DARTS_V2", C=8, layers=3, auxiliary=True).train()
-    compiled = nas_zoo.build_network("DARTS_V2", C=8, layers=3, auxiliary=True).train()
+    eager = nas_zoo.build_network("GDAS_V1", C=4, layers=3, auxiliary=True).train()
+    compiled = nas_zoo.build_network("GDAS_V1", C=4, layers=3, auxiliary=True).train()
     compiled.load_state_dict(eager.state_dict())
-    compile_parts(compiled, backend="eager")
-    assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints as eager runs write them
-    x = torch.randn(4, 3, 32, 32)
-    graphs = []
-    for p in (0.1, 0.2):
-        outputs = []
-        for model in (eager, compiled):
-            model.drop_path_prob = p
-            model.zero_grad()
-            torch.manual_seed(1)  # the same drop-path masks
-            logits, auxiliary = model.forward_train(x)
-            (logits.square().sum() + auxiliary.sum()).backward()
-            outputs.append(logits)
-        torch.testing.assert_close(outputs[1], outputs[0])
-        for a, b in zip(compiled.parameters(), eager.parameters()):
-            torch.testing.assert_close(a.grad, b.grad)
-        graphs.append(counters["stats"]["unique_graphs"])
-    assert graphs[0] > 0 and graphs[1] == graphs[0]
+    try:
+        assert compile_parts(compiled, backend="eager") > 8
+        assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints as eager runs write them
+        graphs = []
+        for p, batch in ((0.1, 4), (0.2, 4), (0.2, 3)):
+            x, outputs = torch.randn(batch, 3, 32, 32), []
+            for model in (eager, compiled):
+                model.drop_path_prob = p
+                model.zero_grad()
+                torch.manual_seed(1)  # the same drop-path masks
+                logits, auxiliary = model.forward_train(x)
+                (logits.square().sum() + auxiliary.sum()).backward()
+                outputs.append(logits)
+            torch.testing.assert_close(outputs[1], outputs[0])
+            for a, b in zip(compiled.parameters(), eager.parameters()):
+                torch.testing.assert_close(a.grad, b.grad)
+            graphs.append(counters["stats"]["unique_graphs"])
+        with torch.no_grad():
+            torch.testing.assert_close(compiled.eval()(x), eager.eval()(x))
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(caplog.handler)
+    assert graphs[0] > 0 and graphs[1] == graphs[0]  # p 0.1 -> 0.2: nothing recompiled
+    assert not [r for r in caplog.records if "recompile_limit" in r.getMessage() or "cache_size_limit" in
+                r.getMessage()]
 
 
 def test_mixed_precision_on_the_cpu(tiny_cifar, tmp_path):
