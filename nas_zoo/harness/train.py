@@ -136,14 +136,16 @@ def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, gener
 
 
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device) -> Dict[str, float]:
-    """Top-1 / top-5 error (%) and mean cross-entropy of ``model`` over ``loader``."""
+def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device,
+                    execution: Optional[Execution] = None) -> Dict[str, float]:
+    """Top-1 / top-5 error (%) and mean cross-entropy of ``model`` over ``loader``, in a training run's
+    ``execution`` (its precision), else under autocast on GPUs."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     loss = correct1 = correct5 = total = 0.0
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        with execution.autocast() if execution else torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = model(images)
         loss += criterion(logits.float(), targets).item()
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -238,7 +240,8 @@ def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config:
                            channels_last=execution.channels_last,
                            **_train_epoch(model, train_loader, optimizer, execution, criterion, config, epoch,
                                           display),
-                           **{f"test_{k}": v for k, v in evaluate_loader(model, test_loader, device).items()})
+                           **{f"test_{k}": v
+                              for k, v in evaluate_loader(model, test_loader, device, execution).items()})
             if not math.isfinite(metrics["test_loss"]):
                 raise FloatingPointError(f"epoch {epoch}: the test loss became {metrics['test_loss']}; the "
                                          f"checkpoint after {epoch} epochs is kept; lower --learning-rate")
