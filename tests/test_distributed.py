@@ -16,9 +16,10 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from nas_zoo.cli.app import app
+from nas_zoo.harness.batched import BatchedCifar
 from nas_zoo.harness.checkpoint import load_state
-from nas_zoo.harness.data import DataSpec, build_dataset, epoch_loader
-from nas_zoo.registry.zoo import data_config
+from nas_zoo.harness.data import CifarPickles, DataSpec, build_dataset, epoch_loader
+from nas_zoo.registry.zoo import DATASET_STATS, data_config
 from tests.conftest import write_tiny_cifar
 
 runner = CliRunner()
@@ -70,6 +71,33 @@ def test_the_ranks_shares_make_up_the_batches_of_one_process(tiny_cifar, rank_of
         assert torch.equal(batch[0::2], first) and torch.equal(batch[1::2], second)
     rank_of(0, 1)
     assert not torch.equal(_batches(train, epoch=2)[0], one[0])  # another epoch, another order and augmentation
+
+
+def test_the_batched_paths_shares_make_up_the_batches_of_one_process(tiny_cifar, rank_of):
+    """The batched CIFAR path: every rank draws the epoch's choices from the same generator and takes every other
+    image of each batch; 79 images: the epoch is padded to 80 with its first image, as DistributedSampler pads."""
+    train = CifarPickles(tiny_cifar, "cifar10", train=True)
+    train.images, train.targets = train.images[:79], train.targets[:79]
+    mean, std = DATASET_STATS["cifar10"]
+
+    def batches():
+        loader = BatchedCifar(train, 12, torch.device("cpu"), mean, std, torch.Generator().manual_seed(3), cutout=16)
+        return len(loader), list(loader)
+
+    steps, one = batches()
+    shares = []
+    for rank in (0, 1):
+        rank_of(rank, 2)
+        shares.append(batches())
+    assert steps == shares[0][0] == shares[1][0] == len(one) == 7
+    (_, first), (_, second) = shares
+    for (images, labels), (x0, y0), (x1, y1) in zip(one[:-1], first, second):
+        assert torch.equal(images[0::2], x0) and torch.equal(images[1::2], x1)
+        assert torch.equal(labels[0::2], y0) and torch.equal(labels[1::2], y1)
+    (images, labels), (x0, _), (x1, _) = one[-1], first[-1], second[-1]
+    assert len(labels) == 7 and len(x0) == len(x1) == 4  # 7 images and the epoch's first again
+    assert torch.equal(images[0::2], x0) and torch.equal(images[1::2], x1[:3])
+    assert torch.equal(x1[3], one[0][0][0])
 
 
 def test_a_measurement_counts_every_image_once(tiny_cifar, rank_of):

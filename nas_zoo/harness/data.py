@@ -239,7 +239,9 @@ class EpochSeeded(Dataset):
     def __getitem__(self, key: Tuple[int, int]):
         epoch, index = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(image_seed(self.seed, epoch, index))
+            # the CPU generator the transforms draw from (torch.manual_seed would seed every device's too: 100x
+            # slower, as slow as the transforms themselves)
+            torch.default_generator.manual_seed(image_seed(self.seed, epoch, index))
             return self.dataset[index]
 
 

@@ -3,12 +3,13 @@
 A run owns a folder. ``Run.start`` holds it for this process (``files.locked_output``) and refuses one that
 holds another run unless told to resume. On ``resume`` it reads the last checkpoint back (a run killed before
 its first checkpoint starts again): the settings it was written with are compared with this run's (a change
-that would change the results is refused, naming it), the per-epoch records are restored and ``metrics.jsonl``
-is rewritten from them (a kill between the checkpoint and the metrics may have left it an epoch behind);
-``Run.load`` then puts the weights and the RNG streams back. ``Run.save`` ends an epoch: one atomic checkpoint
-(``checkpoint/``: the weights as safetensors, the rest as tensors and plain data) holding the caller's state,
-the settings, the RNG streams and the records, then ``metrics.jsonl``. ``Run.display`` is the one progress
-display: a bar over the whole run on stderr and one line per epoch that stays.
+that would change the results is refused, naming it) and the per-epoch records are restored. ``Run.load`` then
+puts the weights and the RNG streams back and rewrites ``metrics.jsonl`` from the records (a kill between the
+checkpoint and the metrics may have left it an epoch behind; a resume refused before it changes nothing).
+``Run.save`` ends an epoch: one atomic checkpoint (``checkpoint/``: the weights as safetensors, the rest as
+tensors and plain data) holding the caller's state, the settings, the RNG streams and the records, then
+``metrics.jsonl``. ``Run.display`` is the one progress display: a bar over the whole run on stderr and one
+line per epoch that stays.
 
 Under torchrun (``distributed``) rank 0 alone holds, reads and writes the folder; the other ranks receive what
 it read (the state, the weights) and wait while it writes, and they display nothing. The checkpoint holds every
@@ -115,24 +116,24 @@ class Run:
             raise ValueError(f"{self.checkpoint} was written by a run with other settings ({', '.join(changed)}), "
                              "which change its results; resume with the same settings or choose another --out")
         self.history = json.loads(state["run"]["history"])
-        self._write_metrics()
         return state
 
     def load(self, model: nn.Module, state: Mapping[str, Any]) -> None:
         """Put the checkpoint's weights into ``model`` (rank 0 reads them, every rank gets them) and this rank's RNG
-        streams back: call it once everything the run builds (which draws random numbers) is built, just before
-        the first step."""
+        streams back, and rewrite ``metrics.jsonl`` from the records: call it once everything the run builds (which
+        draws random numbers) is built, just before the first step."""
         distributed.on_main(lambda: load_weights(self.checkpoint, model))
         distributed.broadcast_(list(model.state_dict().values()))
         streams = state["run"]["rng"]
         streams = [streams] if isinstance(streams, dict) else streams  # written by one process before ranks
         if len(streams) == distributed.world_size():
             set_rng_state(streams[distributed.rank()])
-            return
-        self.log(f"resumed on {distributed.world_size()} processes from a checkpoint of {len(streams)}: the run "
-                 "continues, but not bit for bit as it would have on the same number")
-        set_rng_state(streams[0])
-        torch.manual_seed(int(torch.randint(2 ** 62, ())) + distributed.rank())  # one new stream per rank
+        else:
+            self.log(f"resumed on {distributed.world_size()} processes from a checkpoint of {len(streams)}: the run "
+                     "continues, but not bit for bit as it would have on the same number")
+            set_rng_state(streams[0])
+            torch.manual_seed(int(torch.randint(2 ** 62, ())) + distributed.rank())  # one new stream per rank
+        distributed.on_main(self._write_metrics)  # only now: a resume the caller refuses leaves the folder as it was
 
     def save(self, model: nn.Module, state: Mapping[str, Any], record: Optional[Mapping[str, Any]] = None) -> None:
         """End an epoch: its ``record`` joins the history; the checkpoint, then ``metrics.jsonl``, are rewritten

@@ -2,15 +2,15 @@
 
 The loop is DARTS's ``train.py``: per epoch, set the learning rate and the linearly ramped drop-path
 probability, train with the auxiliary loss (weight ``auxiliary_weight``) and gradient clipping, then
-evaluate on the test split. Every epoch ends in an atomic checkpoint (weights, optimizer, RNG) and a
-rewritten ``metrics.jsonl``; ``resume=True`` continues from it, and in deterministic mode reproduces the
-losses of an uninterrupted run. A run holds its folder locked, never writes over another run (or a user's
-files) and never saves non-finite weights.
+evaluate on the test split. Every epoch ends in an atomic checkpoint (weights, optimizer, RNG and data
+order) and a rewritten ``metrics.jsonl``; ``resume=True`` continues from it, and in deterministic mode
+reproduces the losses of an uninterrupted run. A run holds its folder locked, never writes over another run
+(or a user's files) and never saves non-finite weights.
 
 Under torchrun each process trains a replica (``DistributedDataParallel``) on its share of every batch: the
-batch size stays the global batch, so the learning rate keeps its meaning; the data of an epoch (order and
-augmentation, ``data.epoch_loader``) does not depend on the number of processes. Batch norm normalises each
-process's share, as the papers' multi-GPU runs did, or the whole batch with ``sync_bn``.
+batch size stays the global batch, so the learning rate keeps its meaning; the batches of an epoch (order and
+augmentation: ``batched.BatchedCifar``, ``data.epoch_loader``) do not depend on the number of processes. Batch
+norm normalises each process's share, as the papers' multi-GPU runs did, or the whole batch with ``sync_bn``.
 """
 import json
 import math
@@ -30,8 +30,10 @@ from ..registry.summary import family
 from ..registry.zoo import NUM_CLASSES, data_config
 from ..resolver import resolve
 from . import distributed
+from .batched import BatchedCifar
 from .checkpoint import CheckpointError, find_checkpoint, load_state, load_weights
 from .data import IMAGE_SOURCES, DatasetError, DataSpec, build_dataset, epoch_loader
+from .execution import Execution
 from .recipes import TrainConfig, paper_recipe, read_config_file
 from .run import Run, saved_settings, to_stderr
 
@@ -74,7 +76,7 @@ class Target:
 
 
 #: Settings a resumed run may change: they do not change what it computes (epochs only stretches the schedule).
-RESUMABLE = ("epochs", "num_workers")
+RESUMABLE = ("epochs", "num_workers", "compile")
 
 
 def device_for_run(name: Optional[str] = None) -> torch.device:
@@ -128,15 +130,17 @@ def load_trained(target: Target, path, config: TrainConfig,
 
 
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader, device: torch.device) -> Dict[str, float]:
-    """Top-1 / top-5 error (%) and mean cross-entropy of ``model`` over ``loader`` (under torchrun each rank's
-    share, ``epoch_loader(..., shuffle=False)``: the sums are added up over the ranks)."""
+def evaluate_loader(model: nn.Module, loader, device: torch.device,
+                    execution: Optional[Execution] = None) -> Dict[str, float]:
+    """Top-1 / top-5 error (%) and mean cross-entropy of ``model`` over ``loader``, in a training run's
+    ``execution`` (its precision), else under autocast on GPUs. Under torchrun ``loader`` is this rank's share
+    (``epoch_loader(..., shuffle=False)``, ``BatchedCifar``): the sums are added up over the ranks."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     loss = correct1 = correct5 = total = 0.0
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        with execution.autocast() if execution else torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = model(images)
         loss += criterion(logits.float(), targets).item()
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -203,26 +207,35 @@ def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config:
     model = target.build(config, num_classes) if num_classes else probe
     if config.sync_bn:
         model = distributed.sync_batch_norm(model, device)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    execution = Execution(device, config.precision, config.channels_last, config.compile)
+    execution.prepare(model)
     optimizer = torch.optim.SGD(model.parameters(), config.learning_rate, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smooth)
+    order = torch.Generator().manual_seed(config.seed)
     start = 0
     if state is not None:
         run.load(model, state)
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        execution.scaler.load_state_dict(state["scaler"])
+        order.set_state(state["data_order"])
         start = state["epoch"]
         run.log(f"resumed from {run.checkpoint} at epoch {start}")
     forward = replicate(model, device)
 
-    def loader(dataset, epoch: int, shuffle: bool = True):
-        return epoch_loader(dataset, config.batch_size, config.seed, epoch, shuffle, config.num_workers)
+    if config.data_path == "batched":
+        stats = probe.pretrained_cfg["mean"], probe.pretrained_cfg["std"]
+        batched = BatchedCifar(train_set, config.batch_size, device, *stats, order, config.cutout_length)
+        test_loader = BatchedCifar(test_set, config.batch_size, device, *stats)
 
-    steps = len(loader(train_set, 0))
+        def train_loader(epoch: int):  # its generator draws each epoch's choices
+            return batched
+    else:
+        test_loader = epoch_loader(test_set, config.batch_size, config.seed, 0, False, config.num_workers)
+
+        def train_loader(epoch: int):
+            return epoch_loader(train_set, config.batch_size, config.seed, epoch, True, config.num_workers)
+    steps = len(train_loader(0))
     with run.display(steps * config.epochs, steps * start) as display:
         for epoch in range(start, config.epochs):
             lr = config.lr_at(epoch)
@@ -230,13 +243,14 @@ def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config:
                 group["lr"] = lr
             model.drop_path_prob = config.drop_path_prob * epoch / config.epochs
             display.describe(f"epoch {epoch + 1}/{config.epochs}")
-            trained = _train_epoch(model, forward, loader(train_set, epoch), optimizer, scaler, criterion, config,
-                                   device, epoch, display)
+            trained = _train_epoch(model, forward, train_loader(epoch), optimizer, execution, criterion, config,
+                                   epoch, display)
             distributed.broadcast_(list(model.buffers()))  # every rank evaluates, and rank 0 saves, its statistics
             metrics = dict(epoch=epoch + 1, lr=lr, drop_path_prob=model.drop_path_prob,
-                           threads=torch.get_num_threads(), devices=distributed.world_size(), **trained,
-                           **{f"test_{k}": v for k, v in evaluate_loader(model, loader(test_set, 0, False),
-                                                                          device).items()})
+                           threads=torch.get_num_threads(), devices=distributed.world_size(),
+                           precision=execution.precision, channels_last=execution.channels_last, **trained,
+                           **{f"test_{k}": v
+                              for k, v in evaluate_loader(model, test_loader, device, execution).items()})
             if not math.isfinite(metrics["test_loss"]):
                 raise FloatingPointError(f"epoch {epoch}: the test loss became {metrics['test_loss']}; the "
                                          f"checkpoint after {epoch} epochs is kept; lower --learning-rate")
@@ -245,7 +259,8 @@ def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config:
                          f"({metrics['images_per_s']:.0f} img/s)")
             run.save(model, dict(
                 epoch=epoch + 1, config=config.to_dict(), optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict(), devices=distributed.world_size(), genotype=target.genotype.to_dict(),
+                scaler=execution.scaler.state_dict(), data_order=order.get_state(), devices=distributed.world_size(),
+                genotype=target.genotype.to_dict(),
                 network=target.network, dataset=target.dataset, model=target.model_name or "",
                 num_classes=model.num_classes), metrics)
     return run.history
@@ -287,26 +302,16 @@ def replicate(model: NetworkBase, device: torch.device) -> Callable:
     return DistributedDataParallel(TrainingForward(model), device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _train_epoch(model, forward, loader, optimizer, scaler, criterion, config: TrainConfig, device, epoch,
+def _train_epoch(model, forward, loader, optimizer, execution: Execution, criterion, config: TrainConfig, epoch,
                  display) -> Dict[str, float]:
     model.train()
+    device = execution.device
     loss_sum = correct = seen = 0.0
     started = time.perf_counter()
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            logits, auxiliary = forward(images)
-            loss = criterion(logits, targets)
-            if auxiliary is not None:
-                loss = loss + config.auxiliary_weight * criterion(auxiliary, targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        loss, logits = execution.train_step(model, images, targets, optimizer, criterion, config.auxiliary_weight,
+                                            config.grad_clip, forward)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"epoch {epoch + 1}: the training loss became {loss.item()}; "
                                      "lower --learning-rate")
