@@ -99,7 +99,8 @@ def _loop_options(algorithm: Type[SearchAlgorithm], stages: bool) -> list:
                                           + (" / train (imagenet)" if algorithm.imagenet else "")
                                           + (" / the ptb files" if algorithm.ptb is not None else ""), Path),
         paper("epochs", f"search epochs{per_stage}"),
-        paper("batch_size", "batch size of the weights' and alpha's steps"),
+        paper("batch_size", "batch size of the weights' and alpha's steps; under torchrun the global batch, split "
+                            "over the processes"),
         paper("init_channels", "supernet width C"),
         paper("layers", "supernet cells (reductions at 1/3 and 2/3)"),
         _option("seed", 2, "random seed", int),
@@ -107,6 +108,7 @@ def _loop_options(algorithm: Type[SearchAlgorithm], stages: bool) -> list:
         *collapse,
         _option("num_workers", 2, "data-loading worker processes", int),
         _option("channels_last", True, "activations in NHWC (same math; faster on CPU)", bool),
+        _option("sync_bn", False, "under torchrun: batch norm over the whole batch, not each process's share", bool),
         _option("device", None, "cpu, cuda, cuda:1 ... (default: cuda when available)", Optional[str]),
         *text,
         _option("resume", False, "continue from OUT/checkpoint", bool),
@@ -139,8 +141,8 @@ def _search(name: str, algorithm: Type[SearchAlgorithm], values: Dict[str, Any])
         if values.get("dropouts") is not None:
             values["dropouts"] = Option("dropouts", (0.0,), "").parse(values["dropouts"])
         config = SearchConfig(**{k: str(v) if k == "data_dir" else v for k, v in values.items() if v is not None})
-        search = new_search(method, config, out, resume=resume)
-        record = search.run()
+        search = new_search(method, config, out)
+        record = search.run(resume)
     epochs = f"{record['epochs_done']} epoch{'' if record['epochs_done'] == 1 else 's'}"
     if record.get("early_stop"):
         console.print(f"stopped early: {record['early_stop']['reason']}", highlight=False)

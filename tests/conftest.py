@@ -54,9 +54,9 @@ def tiny_cifar(tmp_path) -> Path:
     return write_tiny_cifar(tmp_path)
 
 
-def write_tiny_cifar(directory: Path) -> Path:
-    """A CIFAR-10 folder in the standard python layout: 5 train batches and a test batch of 16 images each,
-    random pixels but for the red channel, which encodes the label (something to learn)."""
+def write_tiny_cifar(directory: Path, images: int = 16) -> Path:
+    """A CIFAR-10 folder in the standard python layout: 5 train batches and a test batch of ``images`` images
+    each, random pixels but for the red channel, which encodes the label (something to learn)."""
     import pickle
 
     import numpy as np
@@ -66,9 +66,29 @@ def write_tiny_cifar(directory: Path) -> Path:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        labels = rng.integers(0, 10, 16)
-        data = rng.integers(0, 256, (16, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, images)
+        data = rng.integers(0, 256, (images, 3072), dtype=np.uint8)
         data[:, :1024] = (labels[:, None] * 25).astype(np.uint8)
         batch = {"batch_label": name, "labels": labels.tolist(), "data": data}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return root
+
+
+TINY_IMAGENET_CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory):
+    """DATA/train/<class>/*.png: 4 classes of 40 random 16x16 images (the search crops them to 224)."""
+    import torch
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("imagenet")
+    generator = torch.Generator().manual_seed(0)
+    for c in range(TINY_IMAGENET_CLASSES):
+        folder = root / "train" / f"n0000000{c}"
+        folder.mkdir(parents=True)
+        for i in range(40):
+            pixels = torch.randint(0, 256, (16, 16, 3), generator=generator, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(folder / f"{i:03d}.png")
     return root

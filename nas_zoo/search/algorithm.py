@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import torch
 
+from ..harness import distributed
 from ..harness.train import device_for_run
 from .bilevel import frozen
 from .supernet import SearchNetwork, Softmax, Supernet, node_slices
@@ -67,6 +68,7 @@ class SearchConfig:
     # DARTS-ES on it ("off", "paper" or "code")
     hessian_every: Optional[int] = None
     early_stop: str = "off"
+    sync_bn: bool = False  # under torchrun, batch norm over the whole batch instead of each process's share
     num_workers: int = 2
     channels_last: bool = True  # activations in NHWC: same math, faster depthwise convolutions on CPU
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
@@ -136,6 +138,9 @@ class SearchAlgorithm:
     #: alpha weights the operations and follows the validation loss's gradient (not EDNAS's sampling policies):
     #: the collapse monitor (``hessian.py``) applies
     differentiable = True
+    #: whether it runs under torchrun: its steps go through ``BiLevel``'s, which average every gradient over the
+    #: ranks (an algorithm with its own passes says False until they do)
+    several_processes = True
 
     def __init__(self, **settings):
         declared = {o.name: o.default for o in self.options}
@@ -213,14 +218,14 @@ class SearchAlgorithm:
         valid_batches = iter(run.loader(run.data.valid, seed + 10_000))
         totals = [0.0, 0.0, 0]
         run.model.train()
-        for batch in run.loader(run.data.train, seed):
+        for step, batch in enumerate(run.loader(run.data.train, seed)):
             train = run.bilevel.batch(batch)
             valid = None
             if search_arch:
                 try:
                     valid = run.bilevel.batch(next(valid_batches))
-                except StopIteration:
-                    valid_batches = iter(run.loader(run.data.valid, seed + 10_000 + totals[2]))
+                except StopIteration:  # the architecture's part is the smaller (ImageNet): go round it again
+                    valid_batches = iter(run.loader(run.data.valid, seed + 10_000 + step * run.config.batch_size))
                     valid = run.bilevel.batch(next(valid_batches))
             loss, acc = run.bilevel.step(train, valid)
             n = len(train[1])
@@ -228,7 +233,8 @@ class SearchAlgorithm:
             totals[1] += acc * n
             totals[2] += n
             advance()
-        return {"train_loss": totals[0] / totals[2], "train_acc": totals[1] / totals[2], **run.validate()}
+        loss, acc, n = distributed.sum_values(totals, run.bilevel.device)
+        return {"train_loss": loss / n, "train_acc": acc / n, **run.validate()}
 
     def start_epoch(self, model: SearchNetwork, config: SearchConfig, stage: int, epoch: int) -> Dict[str, Any]:
         """Per-epoch schedule of the algorithm (GDAS's tau); returns what the record should note."""
@@ -252,6 +258,13 @@ class SearchAlgorithm:
         cells = {t: strongest_inputs(model.arch.alphas[t].softmax(-1), model.candidates[t], model.nodes)
                  for t in model.cell_types}
         return cell_fields(cells, model.nodes), {}
+
+    def operation_weights(self, model: Supernet) -> Dict[str, List[List[float]]]:
+        """Per searched cell type, each edge's weights over its candidates, as the record keeps them every epoch
+        (the report's heat maps): softmax(alpha), to 4 decimals: DARTS eq. 2's mixing weights, the distribution of
+        GDAS's hard sample (Gumbel-max), PC-DARTS's weights before its edge normalisation, EDNAS's operation policy."""
+        return {t: [[round(w, 4) for w in row] for row in model.arch.alphas[t].detach().softmax(-1).cpu().tolist()]
+                for t in model.cell_types}
 
     def conclude(self, run: "Search") -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
         """The final genotype when the algorithm derives it with data after the last epoch (EDNAS keeps the

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optiona
 
 import torch
 
+from ..harness import distributed
 from .bilevel import frozen
 
 if TYPE_CHECKING:
@@ -69,7 +70,9 @@ class Eigenvalue(NamedTuple):
 
 def hessian_vector_products(loss: torch.Tensor, params: Vector) -> Callable[[torch.Tensor], torch.Tensor]:
     """v -> H v for the Hessian of ``loss`` in ``params``, on flat float64 CPU vectors (the parameters'
-    elements in order): each product one double backward through the gradient's graph, built once and kept."""
+    elements in order): each product one double backward through the gradient's graph, built once and kept.
+    Under torchrun ``loss`` is each rank's share of the batches and the products are averaged over the ranks:
+    the Hessian of the whole batches' loss, the same vectors, and so the same eigenvalue, on every rank."""
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True) if loss.requires_grad else []
     sizes = [p.numel() for p in params]
 
@@ -79,7 +82,8 @@ def hessian_vector_products(loss: torch.Tensor, params: Vector) -> Callable[[tor
         if not torch.is_tensor(dot) or not dot.requires_grad:  # the loss is at most linear in them: H = 0
             return torch.zeros_like(v)
         rows = torch.autograd.grad(dot, params, retain_graph=True, allow_unused=True)
-        return torch.cat([(torch.zeros_like(p) if r is None else r).flatten() for p, r in zip(params, rows)]).to(v)
+        rows = [torch.zeros_like(p) if r is None else r for p, r in zip(params, rows)]
+        return torch.cat([r.flatten() for r in distributed.average(rows)]).to(v)
     return product
 
 

@@ -9,11 +9,21 @@ after ``lr_warmup`` epochs of linear warm-up where the paper has one). A
 search has one stage or, like P-DARTS, several: each stage is a new supernet (fresh weights, fresh alpha,
 new optimizers and cosine schedule) on the candidates the algorithm keeps from the stage before.
 
-Every epoch ends with an atomic checkpoint (stage, candidates, weights, architecture, optimizers,
-RNG states, the record so far) from which ``resume`` continues exactly, mid-stage or between
-stages, then the derived genotype (``genotype.json``) and the search record (``search.json``), both
-written from what the run used: the filled-in config and the algorithm's own settings. After the last
+The run's folder is a ``harness.run.Run``: every epoch ends with its atomic checkpoint (stage, candidates,
+weights, architecture, optimizers, RNG states, the records so far) from which ``resume`` continues exactly,
+mid-stage or between stages, and ``metrics.jsonl``; then the derived genotype (``genotype.json``) and the
+search record (``search.json``), both written from what the run used: the filled-in config and the
+algorithm's own settings. After the last
 epoch the algorithm may derive the final genotype once more with the data (``SearchAlgorithm.conclude``).
+
+Under torchrun every rank holds the whole supernet and takes its share of every batch (``data.epoch_loader``: the
+same global batches as one process). Each stage starts from rank 0's weights and alpha; every gradient of a
+step, the weights' and the architecture's (``BiLevel.grad``, ``BiLevel.weights_step``), is averaged over the
+ranks, so the weights and alpha stay the same on every rank, step after step. What a mixing samples for the
+architecture (GDAS's Gumbel noise) comes from ``Search.sampling``, one generator seeded by the run's seed:
+the same samples on every rank and in one process. The rest of the randomness (P-DARTS's dropout) is each
+rank's own stream.
+
 Each epoch's record carries the collapse monitor's figures, and DARTS-ES may end the search early and
 return an earlier epoch's genotype (``hessian.py``).
 """
@@ -25,17 +35,18 @@ import platform
 import resource
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..harness.checkpoint import find_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
-
-from ..files import locked_output
 from ..files import write_text_atomic
+from ..harness import distributed
+from ..harness.data import epoch_loader
 from ..harness.evaluate import device_name
+from ..harness.run import Run, to_stderr
+from ..harness.train import device_for_run
 from ..registry.genotype import Genotype, parse_genotypes, save_genotype, thaw
 from . import hessian
 from .algorithm import Candidates, SearchAlgorithm, SearchConfig, with_defaults
@@ -72,22 +83,35 @@ class Search:
     corpus ``recurrent.LanguageSearch`` replaces the data, the epoch and the validation (``new_search``)."""
 
     bilevel_class = BiLevel
+    #: whether the run's epoch can run under torchrun (the recurrent search's cannot)
+    several_processes = True
 
     def __init__(self, algorithm: SearchAlgorithm, config: SearchConfig, out: Path, progress: bool = True):
         self.config = config = with_defaults(algorithm, config)
         config.check()
         hessian.check(algorithm, config)
         algorithm.for_dataset(config.dataset)
+        if not (self.several_processes and algorithm.several_processes):
+            distributed.one_process(f"the {algorithm.label} search on {config.dataset}")
+        distributed.split_batch(config.batch_size)
+        self.device = distributed.start(device_for_run(config.device))
         self.algorithm, self.out, self.progress = algorithm, Path(out), progress
-        torch.manual_seed(config.seed)
+        self.folder = Run(out, self._settings(), SPEED_ONLY, progress, to_stderr if progress else lambda line: None)
+        torch.manual_seed(config.seed + distributed.rank())  # each stage starts from rank 0's weights
+        self.sampling = torch.Generator().manual_seed(config.seed)  # the architecture's samples, as every rank's
         self.data = self.load_data()
-        self.elapsed, self.history, self.stages, self.notes = 0.0, [], [], {}
+        self.elapsed, self.stages, self.notes = 0.0, [], {}
         self.normal: list = []  # the normal cell of the genotype last derived
         self.start_stage(0, None)
 
     @property
     def model(self) -> SearchNetwork:
         return self.bilevel.model
+
+    @property
+    def history(self) -> List[Dict[str, Any]]:
+        """The finished epochs' records (``metrics.jsonl``)."""
+        return self.folder.history
 
     def load_data(self):
         return search_data(self.config)
@@ -102,7 +126,12 @@ class Search:
 
     def start_stage(self, stage: int, candidates: Optional[Candidates]) -> None:
         """A new supernet for ``stage`` on ``candidates``, new optimizers and a new schedule."""
-        model = self.network(stage, candidates).to(self.config.device)
+        model = self.network(stage, candidates)
+        if self.config.sync_bn:
+            model = distributed.sync_batch_norm(model, self.device)
+        model.to(self.device)
+        distributed.broadcast_(list(model.state_dict().values()))
+        model.mixing.generator = self.sampling
         self.stage, self.epoch = stage, 0
         self.bilevel = self.bilevel_class(self.algorithm, model, self.config)
         if len(self.stages) == stage:  # not a resumed stage
@@ -113,11 +142,10 @@ class Search:
 
     # -- epochs ---------------------------------------------------------------------------------------
     def loader(self, data: Dataset, seed: int, shuffle: bool = True, batch_size: Optional[int] = None) -> DataLoader:
-        """Batches of ``data`` (``batch_size``: the config's), shuffled in an order fixed by ``seed``."""
-        generator = torch.Generator().manual_seed(self.config.seed * 1000 + seed)  # the same order on resume
-        return DataLoader(data, batch_size or self.config.batch_size, shuffle=shuffle, generator=generator,
-                          drop_last=False, num_workers=self.config.num_workers,
-                          pin_memory=self.bilevel.device.type == "cuda", persistent_workers=False)
+        """This rank's batches of ``data`` (``batch_size``: the config's, the global batch), their order and
+        augmentation fixed by ``seed`` (the same on resume and for any number of processes)."""
+        return epoch_loader(data, batch_size or self.config.batch_size, self.config.seed, seed, shuffle,
+                            self.config.num_workers)
 
     def train_epoch(self, epoch: int, advance=lambda: None) -> Dict[str, Any]:
         """The algorithm's epoch (``SearchAlgorithm.train_epoch``): training, then its measure."""
@@ -125,8 +153,10 @@ class Search:
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
-        """The supernet on the architecture half (DARTS's ``infer``), in eval mode."""
+        """The supernet on the architecture half (DARTS's ``infer``), in eval mode, with rank 0's batch-norm
+        statistics (each rank's own share of the batches updated them)."""
         self.model.eval()
+        distributed.broadcast_(list(self.model.buffers()))
         loss, correct, n = 0.0, 0.0, 0
         for batch in self.loader(self.data.valid, 0, shuffle=False):
             x, y = self.bilevel.batch(batch)
@@ -134,6 +164,7 @@ class Search:
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(-1) == y).sum().item()
             n += len(y)
+        loss, correct, n = distributed.sum_values([loss, correct, n], self.device)
         return {"valid_loss": loss / n, "valid_acc": 100 * correct / n}
 
     def run_epoch(self, advance=lambda: None) -> Dict[str, Any]:
@@ -151,41 +182,38 @@ class Search:
         self.epoch += 1
         genotype = self.genotype()
         cells = {k: v for k, v in genotype.to_dict().items() if k in ("normal", "reduce", "recurrent")}
-        self.history.append({"stage": self.stage, "epoch": epoch, "lr": lr, **notes,
-                             **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
-                             "genotype": cells, **collapse})
-        self.save_checkpoint()
+        self.save_checkpoint({"stage": self.stage, "epoch": epoch, "lr": lr, **notes,
+                              **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
+                              "genotype": cells, "operation_weights": self.algorithm.operation_weights(self.model),
+                              **collapse})
         self.write_outputs(genotype)
         return self.history[-1]
 
-    def run(self) -> Dict[str, Any]:
-        """Every remaining epoch of every stage; ends by (re)writing the outputs from the last checkpoint.
-        With ``progress``, a bar on stderr and one line per finished epoch that stays (pipes get the lines).
-        The run holds ``out`` locked (``checkpoint.locked_output``): a second writer is refused."""
-        with locked_output(self.out):
+    def run(self, resume: bool = False) -> Dict[str, Any]:
+        """Every remaining epoch of every stage (``resume``: from the checkpoint in ``out``, if there is one); ends
+        by (re)writing the outputs from the last checkpoint. The folder is a ``harness.run.Run``: held by this
+        process alone, a run in it refused without ``resume``; with ``progress``, a bar on stderr and one line per
+        finished epoch that stays."""
+        with self.folder.start(resume) as state:
+            if state is not None:
+                self.restore(state)
             return self._run()
 
     def _run(self) -> Dict[str, Any]:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         epochs, stages = self.config.epochs, self.algorithm.stages
         steps = self.steps_per_epoch()
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=Console(stderr=True), disable=not self.progress) as bar:
-            task = bar.add_task(self.algorithm.label, total=steps * epochs * stages,
-                                completed=steps * (self.stage * epochs + self.epoch))
+        with self.folder.display(steps * epochs * stages, steps * (self.stage * epochs + self.epoch)) as display:
             while not hessian.early_stop(self.history, self.config):
                 if self.epoch == epochs:
                     if self.stage + 1 == stages:
                         break
                     self.start_stage(self.stage + 1, self.algorithm.next_candidates(self.model, self.stage))
-                done = self.run_epoch(lambda: bar.advance(task))
-                if self.progress:
-                    stage = f"stage {self.stage + 1}/{stages} " if stages > 1 else ""
-                    bar.console.print(f"{self.algorithm.label} {stage}epoch {self.epoch}/{epochs}: "
-                                      f"{self.summary(done)}", highlight=False)
-        self.write_outputs(self.genotype(hessian.stopped_genotype(self) or self.algorithm.conclude(self)))
+                stage = f"stage {self.stage + 1}/{stages} " if stages > 1 else ""
+                display.describe(f"{self.algorithm.label} {stage}epoch {self.epoch + 1}/{epochs}")
+                done = self.run_epoch(display.advance)
+                display.line(f"{self.algorithm.label} {stage}epoch {self.epoch}/{epochs}: {self.summary(done)}")
+        final = hessian.stopped_genotype(self) or self.algorithm.conclude(self)
+        self.write_outputs(self.genotype(final))
         return self.record()
 
     def fixed_batches(self, n: int) -> list:
@@ -228,13 +256,15 @@ class Search:
                 **({"data": self.data.sample} if self.data.sample else {})}
 
     def record(self) -> Dict[str, Any]:
-        hours = self.elapsed / 3600
+        """The search record (``search.json``); ``devices`` counts the processes (one device each), and the GPU-
+        or CPU-hours are device-hours: the wall time times the devices."""
+        hours = self.elapsed / 3600 * distributed.world_size()
         device = self.bilevel.device
         arch = {name: p.detach().cpu().tolist() for name, p in self.model.arch.named_parameters()}
         return {
             "algorithm": self.algorithm.label, "options": plain(self.algorithm.settings()),
             "config": plain(dataclasses.asdict(self.config)), "seed": self.config.seed, "versions": versions(),
-            "device": device_name(device), "wall_time_s": round(self.elapsed, 3),
+            "device": device_name(device), "devices": distributed.world_size(), "wall_time_s": round(self.elapsed, 3),
             ("gpu_hours" if device.type == "cuda" else "cpu_hours"): round(hours, 6),
             "peak_memory": peak_memory(device), "epochs_done": len(self.history), "stages": self.stages,
             "epochs": self.history, "architecture": arch, **self.cell_notes(), **self.notes,
@@ -245,40 +275,33 @@ class Search:
         return {"algorithm": self.algorithm.label, "options": plain(self.algorithm.settings()),
                 "config": plain(dataclasses.asdict(self.config))}
 
-    def save_checkpoint(self) -> None:
-        state = {"stage": self.stage, "epoch": self.epoch, "elapsed": self.elapsed,
-                 "history": json.dumps(self.history), "stages": json.dumps(self.stages),
-                 "candidates": json.dumps(self.model.candidates), "settings": json.dumps(self._settings()),
-                 "w_optimizer": self.bilevel.w_optimizer.state_dict(),
-                 "a_optimizer": self.bilevel.a_optimizer.state_dict(), "rng": rng_state()}
-        save_checkpoint(self.out / "checkpoint", self.model, state)
+    def save_checkpoint(self, record: Dict[str, Any]) -> None:
+        """The epoch's checkpoint (``Run.save``), with ``record`` added to the history."""
+        self.folder.save(self.model, {
+            "stage": self.stage, "epoch": self.epoch, "elapsed": self.elapsed, "stages": json.dumps(self.stages),
+            "candidates": json.dumps(self.model.candidates), "w_optimizer": self.bilevel.w_optimizer.state_dict(),
+            "a_optimizer": self.bilevel.a_optimizer.state_dict(), "sampling": self.sampling.get_state(),
+            "devices": distributed.world_size()}, record)
 
     def write_outputs(self, genotype: Genotype) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
+        """``genotype.json`` and ``search.json``, written by rank 0."""
         search = {"algorithm": self.algorithm.label, "dataset": self.config.dataset, "seed": self.config.seed,
                   "epochs": len(self.history), "record": "search.json"}
-        save_genotype(genotype, self.out / "genotype.json", search)
-        write_text_atomic(self.out / "search.json", json.dumps(self.record(), indent=2) + "\n")
+        record = self.record()
 
-    def resume(self) -> bool:
-        """Continue from ``out/checkpoint`` if one is there; False when there is nothing to resume."""
-        path = find_checkpoint(self.out / "checkpoint")
-        if path is None:
-            return False
-        state = load_state(path)
-        saved, mine = json.loads(state["settings"]), self._settings()
-        changed = [k for k in ("algorithm",) if saved[k] != mine[k]]
-        changed += sorted(k for k in {**saved["options"], **mine["options"]}
-                          if saved["options"].get(k) != mine["options"].get(k))
-        changed += sorted(k for k in mine["config"] if k not in SPEED_ONLY and saved["config"].get(k) != mine["config"][k])
-        if changed:
-            raise ValueError(f"{path} was written by a run with other settings ({', '.join(changed)}); "
-                             "resume with the same options or use another --out")
+        def write() -> None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_genotype(genotype, self.out / "genotype.json", search)
+            write_text_atomic(self.out / "search.json", json.dumps(record, indent=2) + "\n")
+        distributed.on_main(write)
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        """Continue from a checkpoint's ``state``, mid-stage or between stages."""
         self.stages = json.loads(state["stages"])
         self.start_stage(state["stage"], json.loads(state["candidates"]))
-        load_weights(path, self.model)
+        self.folder.load(self.model, state)
         self.bilevel.w_optimizer.load_state_dict(state["w_optimizer"])
         self.bilevel.a_optimizer.load_state_dict(state["a_optimizer"])
-        set_rng_state(state["rng"])
-        self.epoch, self.elapsed, self.history = state["epoch"], state["elapsed"], json.loads(state["history"])
-        return True
+        if "sampling" in state:  # written before the architecture's samples had their own generator
+            self.sampling.set_state(state["sampling"])
+        self.epoch, self.elapsed = state["epoch"], state["elapsed"]
