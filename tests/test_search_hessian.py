@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from nas_zoo.cli.app import app
 from nas_zoo.registry.genotype import load_genotype
 from nas_zoo.search import Darts, Ednas, Gdas, PcDarts, Search, SearchConfig, hessian, with_defaults
-from nas_zoo.search import loop as loop_module
+from nas_zoo.harness import run as run_module
 from tests.test_rnn import _write_corpus
 
 runner = CliRunner()
@@ -256,15 +256,15 @@ def test_resume_is_exact_with_the_monitor_on(tiny_cifar, tmp_path, monkeypatch, 
     checkpoint and resumed, the run's figures (eigenvalues included) equal the uninterrupted run's."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert search("gdas", tiny_cifar, straight, "--hessian-every", "1").exit_code == 0
-    save = loop_module.save_checkpoint
+    save = run_module.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         save(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(run_module, "save_checkpoint", save_then_die)
     assert search("gdas", tiny_cifar, killed, "--hessian-every", "1").exit_code == 130
-    monkeypatch.setattr(loop_module, "save_checkpoint", save)
+    monkeypatch.setattr(run_module, "save_checkpoint", save)
     assert search("gdas", tiny_cifar, killed, "--hessian-every", "1", "--resume").exit_code == 0
     a, b = (json.loads((out / "search.json").read_text()) for out in (straight, killed))
     keys = ["train_loss", "valid_loss", "genotype", "skip_connections", "edge_entropy", "hessian_eigenvalue",

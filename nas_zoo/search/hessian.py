@@ -25,7 +25,7 @@ the last batch alpha saw in the epoch, a random one; ours are the same ``batches
 ``arch_weight_decay`` to its diagonal (the gradient of alpha's L2 term), which shifts every eigenvalue by that
 constant (1e-3); we report the validation loss's, the paper's nabla^2_alpha L_valid. What the forward pass
 draws at random (GDAS's Gumbel sample, P-DARTS's dropout after skip-connections, the language model's dropout
-masks) is drawn once, in a forked RNG seeded by the run's seed: every product of one measurement
+masks) is drawn once, from forked RNG streams seeded by the run's seed: every product of one measurement
 differentiates the same graph, so for GDAS the eigenvalue is that of the straight-through loss of one fixed
 sample, the function whose gradient alpha's step follows (not of the softmax relaxation). PC-DARTS's channel
 split and shuffle are fixed functions and do not change either. The monitor leaves the search as it was: the
@@ -130,14 +130,17 @@ def validation_eigenvalue(run: "Search", batches: int = 1) -> Eigenvalue:
     device = bilevel.device
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     buffers, training = [b.detach().clone() for b in model.buffers()], model.training
+    sampling = model.mixing.generator  # the architecture's samples (GDAS's): the run's, the same on every rank
     try:
         with torch.random.fork_rng(devices=cuda), frozen(bilevel.weights):
             torch.manual_seed(run.config.seed)
+            model.mixing.generator = torch.Generator().manual_seed(run.config.seed)
             model.train()
             data = run.fixed_batches(batches)
             loss = sum(bilevel.loss(bilevel.batch(b)) for b in data) / len(data)
             return dominant_eigenvalue(loss, bilevel.alphas, run.config.seed, STEPS, TOLERANCE)
     finally:
+        model.mixing.generator = sampling
         with torch.no_grad():
             for b, saved in zip(model.buffers(), buffers):
                 b.copy_(saved)
