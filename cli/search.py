@@ -127,8 +127,8 @@ def _search(name: str, algorithm: Type[SearchAlgorithm], values: Dict[str, Any])
         if values.get("dropouts") is not None:
             values["dropouts"] = Option("dropouts", (0.0,), "").parse(values["dropouts"])
         config = SearchConfig(**{k: str(v) if k == "data_dir" else v for k, v in values.items() if v is not None})
-        search = new_search(method, config, out, resume=resume)
-        record = search.run()
+        search = new_search(method, config, out)
+        record = search.run(resume)
     epochs = f"{record['epochs_done']} epoch{'' if record['epochs_done'] == 1 else 's'}"
     console.print(f"{record['algorithm']}: {epochs}, {search.outcome(record)}; wrote {out / 'genotype.json'} and "
                   f"{out / 'search.json'}", highlight=False)

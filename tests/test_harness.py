@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import nas_zoo
 from nas_zoo.harness import checkpoint as checkpoint_module
-from nas_zoo.harness import train as train_module
+from nas_zoo.harness import run as run_module
 from nas_zoo.harness.checkpoint import CheckpointError, find_checkpoint, load_weights, save_checkpoint
 from nas_zoo.cli.app import app
 from nas_zoo.harness.data import CifarPickles, DatasetError
@@ -110,15 +110,15 @@ def test_learning_rate_schedules():
 def test_train_resume_continues_exactly(cifar, tmp_path, monkeypatch):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert run("train", "darts_v2", "--dataset", "cifar10", "--data-dir", cifar, "--out", straight, *tiny()).exit_code == 0
-    save = train_module.save_checkpoint
+    save = run_module.save_checkpoint
 
     def save_then_die(*args, **kwargs):  # the process is killed right after the first epoch's checkpoint
         save(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(run_module, "save_checkpoint", save_then_die)
     assert run("train", "darts_v2", "--dataset", "cifar10", "--data-dir", cifar, "--out", killed, *tiny()).exit_code == 130
-    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    monkeypatch.setattr(run_module, "save_checkpoint", save)
     result = run("train", "darts_v2", "--dataset", "cifar10", "--data-dir", cifar, "--out", killed, "--resume", *tiny())
     assert result.exit_code == 0 and "resumed from" in result.output, result.output
     a = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]

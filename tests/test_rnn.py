@@ -257,9 +257,9 @@ def test_resume_continues_the_exact_same_run(tmp_path, monkeypatch, force_asgd):
     resumed = _train(corpus, tmp_path / "split", 3, resume=True)
     speeds = ("valid_tokens_per_s", "test_tokens_per_s")
     assert {k: v for k, v in resumed.items() if k not in speeds} == {k: v for k, v in straight.items() if k not in speeds}
-    a, b = (load_file(tmp_path / run / "last" / "model.safetensors") for run in ("straight", "split"))
+    a, b = (load_file(tmp_path / run / "checkpoint" / "model.safetensors") for run in ("straight", "split"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    state = load_state(tmp_path / "split" / "last")
+    state = load_state(tmp_path / "split" / "checkpoint")
     assert state["epoch"] == 3 and state["optimizer"] == ("asgd" if force_asgd else "sgd")
     if force_asgd:
         assert all("ax" in s for s in state["optimizer_state"]["state"].values())
@@ -323,11 +323,12 @@ def test_cli_train_resume_evaluate_end_to_end(tmp_path):
     first = runner.invoke(app, ["train", "gdas_ptb", "--dataset", "ptb", "--data-dir", str(data), "--out", str(out), *settings])
     assert first.exit_code == 0, first.output
     again = runner.invoke(app, ["train", "gdas_ptb", "--dataset", "ptb", "--data-dir", str(data), "--out", str(out), *settings])
-    assert again.exit_code == 2 and "already holds a run; pass --resume" in again.output
+    assert again.exit_code == 2 and "already holds a run (checkpoint, metrics.jsonl); pass --resume" in again.output.replace("\n", " ")
     more = runner.invoke(app, ["train", "gdas_ptb", "--dataset", "ptb", "--data-dir", str(data), "--out", str(out), "--resume",
                                "--set", "epochs=2"])
     assert more.exit_code == 0, more.output
-    assert load_state(out / "last")["epoch"] == 2
+    assert load_state(out / "checkpoint")["epoch"] == 2
+    assert [m["epoch"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [1, 2]
     result = runner.invoke(app, ["evaluate", "gdas_ptb", "--dataset", "ptb", "--data-dir", str(data), "--checkpoint", str(out)])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout)
@@ -337,7 +338,6 @@ def test_cli_train_resume_evaluate_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "gdas_ptb", "--dataset", "ptb", "--out", "{tmp}/none", "--resume"], "no checkpoint to resume from"),
     (["train", "gdas_ptb", "--dataset", "ptb", "--out", "{tmp}/x", "--set", "epochs"], "--set 'epochs': expected FIELD=VALUE"),
     (["train", "gdas_ptb", "--dataset", "ptb", "--out", "{tmp}/x", "--set", "lr=-"], "setting 'lr' must be a number, got '-'"),
     (["evaluate", "darts_v2_ptb", "--dataset", "ptb", "--checkpoint", "{tmp}/none"], "no checkpoint here"),

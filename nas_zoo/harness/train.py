@@ -9,30 +9,27 @@ reproduces the losses of an uninterrupted run. A run holds its folder locked, ne
 """
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import (CheckpointError, find_checkpoint, load_state, load_weights, rng_state, save_checkpoint,
-                          set_rng_state)
-
-from ..files import locked_output
-from ..files import write_text_atomic
 from ..language.lm import LMConfig, LMError, train_language_model
 from ..models.networks import NetworkBase, build_network
 from ..registry.genotype import Genotype, TEXT_DATASETS
 from ..registry.summary import family
 from ..registry.zoo import NUM_CLASSES, data_config
 from ..resolver import resolve
+from .checkpoint import CheckpointError, find_checkpoint, load_state, load_weights
+from .batched import BatchedCifar
 from .data import IMAGE_SOURCES, DatasetError, DataSpec, build_dataset
+from .execution import Execution
 from .recipes import TrainConfig, paper_recipe, read_config_file
+from .run import Run, saved_settings, to_stderr
 
 
 @dataclass(frozen=True)
@@ -73,7 +70,7 @@ class Target:
 
 
 #: Settings a resumed run may change: they do not change what it computes (epochs only stretches the schedule).
-RESUMABLE = ("epochs", "num_workers")
+RESUMABLE = ("epochs", "num_workers", "compile")
 
 
 def device_for_run(name: Optional[str] = None) -> torch.device:
@@ -107,12 +104,6 @@ def architecture_difference(state: Mapping[str, Any], target: Target) -> Optiona
     return None
 
 
-def saved_config(out) -> Optional[TrainConfig]:
-    """The settings of the run in ``out`` (what ``--resume`` starts from), or None without a checkpoint."""
-    checkpoint = find_checkpoint(Path(out) / "checkpoint")
-    return None if checkpoint is None else TrainConfig(**load_state(checkpoint)["config"])
-
-
 def load_trained(target: Target, path, config: TrainConfig,
                  num_classes: Optional[int] = None) -> Tuple[NetworkBase, TrainConfig]:
     """The network in a run's checkpoint (its folder, the run's folder, or a bare ``.safetensors`` file built
@@ -139,14 +130,16 @@ def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, gener
 
 
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device) -> Dict[str, float]:
-    """Top-1 / top-5 error (%) and mean cross-entropy of ``model`` over ``loader``."""
+def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device,
+                    execution: Optional[Execution] = None) -> Dict[str, float]:
+    """Top-1 / top-5 error (%) and mean cross-entropy of ``model`` over ``loader``, in a training run's
+    ``execution`` (its precision), else under autocast on GPUs."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     loss = correct1 = correct5 = total = 0.0
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        with execution.autocast() if execution else torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = model(images)
         loss += criterion(logits.float(), targets).item()
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -157,14 +150,9 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device) 
                 loss=loss / total, images=int(total))
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=True)
-
-
 def train_named(name: str, dataset: str, data_dir, out: Optional[Path] = None, resume: bool = False,
                 config: Optional[Path] = None, overrides: Optional[Mapping[str, Any]] = None, download: bool = False,
-                device: Optional[str] = None, log: Callable[[str], None] = print):
+                device: Optional[str] = None, log: Callable[[str], None] = to_stderr):
     """Train ``name`` (``nas_zoo.resolve``) on ``dataset`` with its paper's recipe, the fields in the JSON file
     ``config`` and then ``overrides`` on top: ``TrainConfig`` fields for images, ``LMConfig`` ones (rnn/train.py's
     names) for the corpora. A resumed run starts from its saved settings. The run goes to ``out`` (default
@@ -180,31 +168,28 @@ def train_named(name: str, dataset: str, data_dir, out: Optional[Path] = None, r
         return train_language_model(name, dataset, data_dir, out, resume, values, log)
     target = Target.of(name, dataset)
     out = Path(out or Path("runs") / f"{target.model_name or target.genotype.name}-{dataset}")
-    recipe = ((saved_config(out) if resume else None) or target.recipe()).override(values)
+    saved = saved_settings(out) if resume else None
+    recipe = (TrainConfig(**saved["config"]) if saved else target.recipe()).override(values)
     return train(target, recipe, DataSpec(dataset, data_dir, download), out, resume, log, device)
 
 
 def train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume: bool = False,
-          log: Callable[[str], None] = print, device: Optional[str] = None) -> List[Dict[str, Any]]:
+          log: Callable[[str], None] = to_stderr, device: Optional[str] = None,
+          progress: bool = True) -> List[Dict[str, Any]]:
     """Run (or resume) training into ``out``; returns the per-epoch metrics.
 
-    ``config`` of a resumed run must be the saved one (``saved_config``) up to the ``RESUMABLE`` fields.
+    ``config`` of a resumed run must be the saved one (``run.saved_settings``) up to the ``RESUMABLE`` fields.
     """
-    with locked_output(out) as out:
-        return _train(target, config, data, out, resume, log, device_for_run(device))
+    run = Run(out, {"dataset": target.dataset, "config": config.to_dict()}, RESUMABLE, progress, log)
+    device = device_for_run(device)
+    with run.start(resume) as state:
+        if state is not None:
+            _check_resume(state, target, config, run)
+        return _train(run, state, target, config, data, device)
 
 
-def _train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume: bool, log, device):
-    existing = [name for name in ("checkpoint", "checkpoint.old", "metrics.jsonl") if (out / name).exists()]
-    checkpoint = find_checkpoint(out / "checkpoint")
-    if existing and not resume:
-        raise ValueError(f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue it or "
-                         "choose another --out")
-    if existing and checkpoint is None:
-        raise ValueError(f"{out} holds {', '.join(existing)} but no readable checkpoint; choose another --out")
-    out.mkdir(exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise PermissionError(f"{out}: output directory is not writable; choose another --out")
+def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config: TrainConfig, data: DataSpec,
+           device: torch.device) -> List[Dict[str, Any]]:
     torch.manual_seed(config.seed)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -216,111 +201,89 @@ def _train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resum
     test_set = build_dataset(data, probe.pretrained_cfg, train=False)
     num_classes = len(train_set.classes) if data.dataset == "folder" else None
     model = target.build(config, num_classes) if num_classes else probe
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    execution = Execution(device, config.precision, config.channels_last, config.compile)
+    execution.prepare(model)
     optimizer = torch.optim.SGD(model.parameters(), config.learning_rate, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smooth)
     order = torch.Generator().manual_seed(config.seed)
-    history: List[Dict[str, Any]] = []
     start = 0
-
-    if resume and checkpoint is None:
-        log(f"no checkpoint in {out / 'checkpoint'}; starting from epoch 0")
-    if checkpoint is not None:
-        state = load_state(checkpoint)
-        _check_resume(state, target, config, checkpoint, log)
-        load_weights(checkpoint, model)
+    if state is not None:
+        run.load(model, state)
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        execution.scaler.load_state_dict(state["scaler"])
         order.set_state(state["data_order"])
-        history, start = state["history"], state["epoch"]
-        _write_metrics(out, history)  # a kill after the checkpoint may have left it an epoch behind
-        log(f"resumed from {checkpoint} at epoch {start}")
+        start = state["epoch"]
+        run.log(f"resumed from {run.checkpoint} at epoch {start}")
 
-    train_loader = make_loader(train_set, config.batch_size, True, config.num_workers, order)
-    test_loader = make_loader(test_set, config.batch_size, False, config.num_workers)
-    for epoch in range(start, config.epochs):
-        lr = config.lr_at(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.drop_path_prob = config.drop_path_prob * epoch / config.epochs
-        metrics = dict(epoch=epoch + 1, lr=lr, drop_path_prob=model.drop_path_prob, threads=torch.get_num_threads(),
-                       **_train_epoch(model, train_loader, optimizer, scaler, criterion, config, device, epoch),
-                       **{f"test_{k}": v for k, v in evaluate_loader(model, test_loader, device).items()})
-        if not math.isfinite(metrics["test_loss"]):
-            raise FloatingPointError(f"epoch {epoch}: the test loss became {metrics['test_loss']}; the checkpoint "
-                                     f"after {epoch} epochs is kept; lower --learning-rate")
-        history.append(metrics)
-        log(f"epoch {epoch + 1}/{config.epochs}: train loss {metrics['train_loss']:.4f} "
-            f"acc {metrics['train_acc']:.2f}%  test top-1 error {metrics['test_top1_error']:.2f}%  "
-            f"({metrics['images_per_s']:.0f} img/s)")
-        save_checkpoint(out / "checkpoint", model, dict(
-            epoch=epoch + 1, config=config.to_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-            rng=rng_state(), data_order=order.get_state(), history=history, genotype=target.genotype.to_dict(),
-            network=target.network, dataset=target.dataset, model=target.model_name or "", num_classes=model.num_classes))
-        _write_metrics(out, history)
-    return history
+    if config.data_path == "batched":
+        stats = probe.pretrained_cfg["mean"], probe.pretrained_cfg["std"]
+        train_loader = BatchedCifar(train_set, config.batch_size, device, *stats, order, config.cutout_length)
+        test_loader = BatchedCifar(test_set, config.batch_size, device, *stats)
+    else:
+        train_loader = make_loader(train_set, config.batch_size, True, config.num_workers, order)
+        test_loader = make_loader(test_set, config.batch_size, False, config.num_workers)
+    with run.display(len(train_loader) * config.epochs, len(train_loader) * start) as display:
+        for epoch in range(start, config.epochs):
+            lr = config.lr_at(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.drop_path_prob = config.drop_path_prob * epoch / config.epochs
+            display.describe(f"epoch {epoch + 1}/{config.epochs}")
+            metrics = dict(epoch=epoch + 1, lr=lr, drop_path_prob=model.drop_path_prob,
+                           threads=torch.get_num_threads(), precision=execution.precision,
+                           channels_last=execution.channels_last,
+                           **_train_epoch(model, train_loader, optimizer, execution, criterion, config, epoch,
+                                          display),
+                           **{f"test_{k}": v
+                              for k, v in evaluate_loader(model, test_loader, device, execution).items()})
+            if not math.isfinite(metrics["test_loss"]):
+                raise FloatingPointError(f"epoch {epoch}: the test loss became {metrics['test_loss']}; the "
+                                         f"checkpoint after {epoch} epochs is kept; lower --learning-rate")
+            display.line(f"epoch {epoch + 1}/{config.epochs}: train loss {metrics['train_loss']:.4f} "
+                         f"acc {metrics['train_acc']:.2f}%  test top-1 error {metrics['test_top1_error']:.2f}%  "
+                         f"({metrics['images_per_s']:.0f} img/s)")
+            run.save(model, dict(
+                epoch=epoch + 1, config=config.to_dict(), optimizer=optimizer.state_dict(),
+                scaler=execution.scaler.state_dict(), data_order=order.get_state(),
+                genotype=target.genotype.to_dict(),
+                network=target.network, dataset=target.dataset, model=target.model_name or "",
+                num_classes=model.num_classes), metrics)
+    return run.history
 
 
-def _check_resume(state: Mapping[str, Any], target: Target, config: TrainConfig, checkpoint: Path, log) -> None:
-    """Refuse to continue a run as another architecture, on other data or with settings that change results."""
+def _check_resume(state: Mapping[str, Any], target: Target, config: TrainConfig, run: Run) -> None:
+    """Refuse to continue a run as another architecture; say what a change of ``epochs`` does."""
     difference = architecture_difference(state, target)
     if difference:
-        raise ValueError(f"{checkpoint} holds a run of another architecture ({difference}); resume it with its "
-                         "own genotype or use another --out")
-    if state["dataset"] != target.dataset:
-        raise ValueError(f"{checkpoint} was trained on {state['dataset']}, not {target.dataset}")
+        raise ValueError(f"{run.checkpoint} holds a run of another architecture ({difference}); resume it with "
+                         "its own genotype or use another --out")
     saved = state["config"]
-    changed = [f"{k} {saved.get(k)} -> {v}" for k, v in config.to_dict().items()
-               if saved.get(k) != v and k not in RESUMABLE]
-    if changed:
-        raise ValueError(f"{checkpoint} was trained with other settings ({', '.join(changed)}), which change its "
-                         "results; resume without them or use another --out")
     if config.epochs < state["epoch"]:
-        raise ValueError(f"{checkpoint} has trained {state['epoch']} epochs already; --epochs {config.epochs} "
+        raise ValueError(f"{run.checkpoint} has trained {state['epoch']} epochs already; --epochs {config.epochs} "
                          "cannot undo them")
     if config.epochs != saved["epochs"]:
-        log(f"epochs {saved['epochs']} -> {config.epochs}: from epoch {state['epoch']} on, the {config.lr_scheduler} "
-            f"learning rate and the drop-path ramp follow a {config.epochs}-epoch run (no longer the same run as "
-            f"one trained for {saved['epochs']} epochs)")
+        run.log(f"epochs {saved['epochs']} -> {config.epochs}: from epoch {state['epoch']} on, the "
+                f"{config.lr_scheduler} learning rate and the drop-path ramp follow a {config.epochs}-epoch run (no "
+                f"longer the same run as one trained for {saved['epochs']} epochs)")
 
 
-def _write_metrics(out: Path, history: List[Dict[str, Any]]) -> None:
-    write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m, allow_nan=False) + "\n" for m in history))
-
-
-def _train_epoch(model, loader, optimizer, scaler, criterion, config: TrainConfig, device, epoch) -> Dict[str, float]:
+def _train_epoch(model, loader, optimizer, execution: Execution, criterion, config: TrainConfig, epoch,
+                 display) -> Dict[str, float]:
     model.train()
+    device = execution.device
     loss_sum = correct = seen = 0.0
     started = time.perf_counter()
-    with _progress() as progress:
-        task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(loader), stats="")
-        for images, targets in loader:
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                logits, auxiliary = model.forward_train(images)
-                loss = criterion(logits, targets)
-                if auxiliary is not None:
-                    loss = loss + config.auxiliary_weight * criterion(auxiliary, targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"epoch {epoch + 1}: the training loss became {loss.item()}; "
-                                         "lower --learning-rate")
-            loss_sum += loss.item() * len(targets)
-            correct += (logits.argmax(1) == targets).sum().item()
-            seen += len(targets)
-            rate = seen / (time.perf_counter() - started)
-            progress.update(task, advance=1, stats=f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:.1f}% "
-                                                   f"{rate:.0f} img/s")
+    for images, targets in loader:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        loss, logits = execution.train_step(model, images, targets, optimizer, criterion, config.auxiliary_weight,
+                                            config.grad_clip)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"epoch {epoch + 1}: the training loss became {loss.item()}; "
+                                     "lower --learning-rate")
+        loss_sum += loss.item() * len(targets)
+        correct += (logits.argmax(1) == targets).sum().item()
+        seen += len(targets)
+        rate = seen / (time.perf_counter() - started)
+        display.advance(f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:.1f}% {rate:.0f} img/s")
     return dict(train_loss=loss_sum / seen, train_acc=100 * correct / seen, images_per_s=rate)

@@ -7,8 +7,9 @@ at least 5 and at most 35 + 20; the learning rate scaled by length / 35), tempor
 every one of ``nonmono`` epochs before (the non-monotonic trigger); under ASGD, validation uses the
 averaged weights. Validation runs at batch 10, test at batch 1, as in the original.
 
-A run writes ``OUT/last`` after every epoch (weights, optimizer, RNG streams: ``--resume`` continues the
-exact same run) and ``OUT/best`` whenever validation improves (the weights that ``evaluate`` reads).
+A run (``harness.run``) writes ``OUT/checkpoint`` and ``OUT/metrics.jsonl`` after every epoch (weights,
+optimizer, RNG streams: ``--resume`` continues the exact same run) and ``OUT/best`` whenever validation
+improves (the weights that ``evaluate`` reads).
 """
 import dataclasses
 import math
@@ -20,12 +21,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..harness.checkpoint import (find_checkpoint, load_fitting, load_state, load_weights, rng_state, save_checkpoint,
-                                   set_rng_state)
-
-from ..files import locked_output
+from ..harness.checkpoint import find_checkpoint, load_fitting, load_state, load_weights, save_checkpoint
+from ..harness.run import Display, Run, saved_settings, to_stderr
 from ..models.rnn import CORPUS_SETTINGS, RNNModel, paper_setting
 from ..registry.genotype import RecurrentGenotype, parse_genotypes
 from ..resolver import resolve
@@ -107,7 +105,7 @@ def language_model(name: str, dataset: str) -> Tuple[str, RecurrentGenotype, Dic
 
 
 def train_language_model(name: str, dataset: str, data_dir, out: Optional[Path] = None, resume: bool = False,
-                         overrides: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print,
+                         overrides: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = to_stderr,
                          progress: bool = True) -> Dict[str, Any]:
     """Train ``name`` (a zoo language model, a recurrent cell or a genotype file) on ``dataset`` from the corpus
     in ``data_dir`` with the paper's recipe, ``overrides`` on top, into ``out`` (default ``runs/MODEL-DATASET``)."""
@@ -211,7 +209,7 @@ def window_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Ten
 
 
 def train_epoch(model: RNNModel, optimizer: torch.optim.Optimizer, data: torch.Tensor, config: LMConfig,
-                progress: Optional[Progress] = None, task=None) -> float:
+                display: Optional[Display] = None) -> float:
     """One pass over the batchified training split (or ``max_batches`` of it); returns the mean loss."""
     model.train()
     hidden, i, batches, total = None, 0, 0, 0.0
@@ -229,8 +227,8 @@ def train_epoch(model: RNNModel, optimizer: torch.optim.Optimizer, data: torch.T
         optimizer.step()
         optimizer.param_groups[0]["lr"] = config.lr
         total, batches, i = total + raw_loss.item(), batches + 1, i + seq_len
-        if progress is not None:
-            progress.update(task, completed=i, loss=f"{raw_loss.item():.3f}")
+        if display is not None:
+            display.advance(f"loss {raw_loss.item():.3f}", seq_len)
     return total / max(batches, 1)
 
 
@@ -259,72 +257,64 @@ def _run_info(name: str, dataset: str, genotype: RecurrentGenotype, corpus: Corp
 
 
 def train_lm(name: str, genotype: RecurrentGenotype, corpus: Corpus, out: Path, setting: Dict[str, Any],
-          overrides: Optional[Dict[str, Any]] = None, resume: bool = False, log: Callable[[str], None] = print,
-          progress: bool = True) -> Dict[str, Any]:
-    """Train with the recipe above into ``out``; returns the best validation and the final test figures.
+             overrides: Optional[Dict[str, Any]] = None, resume: bool = False, log: Callable[[str], None] = to_stderr,
+             progress: bool = True) -> Dict[str, Any]:
+    """Train with the recipe above into ``out`` (``harness.run``); returns the best validation and the final test
+    figures.
 
     ``setting`` is the paper's (``resolve``), ``overrides`` any ``LMConfig`` fields; a resumed run keeps
-    its saved settings, with ``overrides`` on top (e.g. more ``epochs``). The run holds ``out`` locked.
+    its saved settings, with ``overrides`` on top (more ``epochs``; any other change is refused).
     """
-    with locked_output(out) as out:
-        return _train(name, genotype, corpus, out, setting, overrides, resume, log, progress)
+    saved = saved_settings(out) if resume else None
+    config = LMConfig.create(saved["config"] if saved else setting, overrides or {})
+    run = Run(out, {"model": name, "dataset": corpus.dataset, "config": dataclasses.asdict(config)}, ("epochs",),
+              progress, log)
+    with run.start(resume) as state:
+        if state is not None and state["info"]["vocabulary"] != corpus.words:
+            raise LMError(f"{run.checkpoint} was trained on another vocabulary than the {corpus.dataset} corpus given")
+        return _train(run, state, name, genotype, corpus, config)
 
 
-def _train(name: str, genotype: RecurrentGenotype, corpus: Corpus, out: Path, setting: Dict[str, Any],
-           overrides: Optional[Dict[str, Any]], resume: bool, log: Callable[[str], None], progress: bool):
-    last = find_checkpoint(out / "last")
-    if resume and last is None:
-        raise LMError(f"{out / 'last'}: no checkpoint to resume from (train without --resume first)")
-    if not resume and last is not None:
-        raise LMError(f"{out} already holds a run; pass --resume to continue it or choose another output directory")
-    state = load_state(last) if resume else {}
-    if resume and state["info"]["model"] != name:
-        raise LMError(f"{out} holds a run of {state['info']['model']}, not of {name}")
-    if resume and state["info"]["vocabulary"] != corpus.words:
-        raise LMError(f"{last} was trained on another vocabulary than the {corpus.dataset} corpus given")
-    config = LMConfig.create(state["info"]["config"] if resume else setting, overrides or {})
+def _train(run: Run, state: Optional[Dict[str, Any]], name: str, genotype: RecurrentGenotype, corpus: Corpus,
+           config: LMConfig) -> Dict[str, Any]:
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     model = build_model(genotype, len(corpus.words), config)
-    kind, epoch, history, best_loss = "sgd", 0, [], math.inf
-    if resume:
-        load_weights(last, model)
-        kind, epoch, history, best_loss = state["optimizer"], state["epoch"], state["history"], state["best_loss"]
+    kind, start, val_losses, best_loss = "sgd", 0, [], math.inf
+    if state is not None:
+        kind, start, val_losses, best_loss = state["optimizer"], state["epoch"], state["val_losses"], state["best_loss"]
     optimizer = _make_optimizer(kind, model, config)
-    if resume:
+    if state is not None:
+        run.load(model, state)
         optimizer.load_state_dict(state["optimizer_state"])
-        set_rng_state(state["rng"])
     train_data = batchify(corpus.train, config.batch_size)
     valid_data = batchify(corpus.valid, config.eval_batch_size)
     info = _run_info(name, corpus.dataset, genotype, corpus, config)
     params = sum(p.numel() for p in model.parameters())
-    log(f"{name}: {params:,} parameters, {len(corpus.words):,} words, {train_data.numel():,} training tokens")
-    columns = [TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn()]
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        for epoch in range(epoch + 1, config.epochs + 1):
-            rows = train_data.size(0) if not config.max_batches else min(train_data.size(0),
-                                                                           config.max_batches * config.bptt)
-            task = bar.add_task("train", total=rows, epoch=f"{epoch}/{config.epochs}", loss="-")
-            start = time.perf_counter()
-            train_loss = train_epoch(model, optimizer, train_data, config, bar, task)
-            bar.remove_task(task)
+    run.log(f"{name}: {params:,} parameters, {len(corpus.words):,} words, {train_data.numel():,} training tokens")
+    rows = train_data.size(0) if not config.max_batches else min(train_data.size(0), config.max_batches * config.bptt)
+    with run.display(rows * config.epochs, rows * start) as display:
+        for epoch in range(start + 1, config.epochs + 1):
+            display.describe(f"epoch {epoch}/{config.epochs}")
+            started = time.perf_counter()
+            train_loss = train_epoch(model, optimizer, train_data, config, display)
             with _Averaged(model, optimizer):
                 val_loss, _ = evaluate(model, valid_data, config.bptt)
                 if val_loss < best_loss:
                     best_loss = val_loss
-                    save_checkpoint(out / "best", model, {"info": info, "epoch": epoch, "val_loss": val_loss})
+                    save_checkpoint(run.out / "best", model, {"info": info, "epoch": epoch, "val_loss": val_loss})
             if kind == "sgd":
-                if switch_to_asgd(history, val_loss, config.nonmono):
+                if switch_to_asgd(val_losses, val_loss, config.nonmono):
                     kind, optimizer = "asgd", _make_optimizer("asgd", model, config)
-                    log("switching to ASGD")
-                history.append(val_loss)
-            log(f"epoch {epoch} ({time.perf_counter() - start:.0f}s, {kind}): train ppl "
-                f"{math.exp(train_loss):.2f}, valid ppl {math.exp(val_loss):.2f}")
-            save_checkpoint(out / "last", model, dict(
-                info=info, epoch=epoch, optimizer=kind, optimizer_state=optimizer.state_dict(), history=history,
-                best_loss=best_loss, rng=rng_state()))
-    return evaluate_checkpoint(out / "best", corpus)
+                    display.line("switching to ASGD")
+                val_losses.append(val_loss)
+            record = dict(epoch=epoch, optimizer=kind, train_loss=train_loss, train_ppl=math.exp(train_loss),
+                          valid_loss=val_loss, valid_ppl=math.exp(val_loss), seconds=time.perf_counter() - started)
+            display.line(f"epoch {epoch}/{config.epochs} ({record['seconds']:.0f}s, {kind}): train ppl "
+                         f"{record['train_ppl']:.2f}, valid ppl {record['valid_ppl']:.2f}")
+            run.save(model, dict(info=info, epoch=epoch, optimizer=kind, optimizer_state=optimizer.state_dict(),
+                                 val_losses=val_losses, best_loss=best_loss), record)
+    return evaluate_checkpoint(run.out / "best", corpus)
 
 
 def load_checkpoint(path: Path) -> Tuple[RNNModel, Dict[str, Any]]:

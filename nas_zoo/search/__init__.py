@@ -1,7 +1,5 @@
 """``nas-zoo search``: the shared search machinery (``supernet``, ``bilevel``, ``algorithm``, ``loop``) and
 the algorithms built on it, one file each. Adding an algorithm is one file and one line in ``ALGORITHMS``."""
-from pathlib import Path
-
 from ..registry.genotype import TEXT_DATASETS
 from .algorithm import Option, SearchAlgorithm, SearchConfig, with_defaults
 from .b_pc_darts import BPcDarts
@@ -22,19 +20,11 @@ ALGORITHMS = {"darts": Darts, "gdas": Gdas, "pc-darts": PcDarts, "pdarts": Pdart
               "b-pc-darts": BPcDarts, "ednas": Ednas}
 
 
-def new_search(algorithm: SearchAlgorithm, config: SearchConfig, out, progress: bool = True,
-               resume: bool = False) -> Search:
-    """The run for ``config.dataset`` (a recurrent cell as a language model on a text corpus, else a CNN) into
-    ``out``: continued from its checkpoint with ``resume``; a new run refuses a folder that holds one (also
-    as ``checkpoint.old``, where a save was killed mid-swap)."""
-    out = Path(out)
-    if not resume and any((out / n).exists() for n in ("checkpoint", "checkpoint.old")):
-        raise ValueError(f"{out} holds a search already; pass --resume to continue it or choose another --out")
+def new_search(algorithm: SearchAlgorithm, config: SearchConfig, out, progress: bool = True) -> Search:
+    """The run for ``config.dataset`` into ``out``: a recurrent cell as a language model on a text corpus, else a
+    CNN. ``.run(resume)`` runs it."""
     kind = LanguageSearch if config.dataset in TEXT_DATASETS else Search
-    search = kind(algorithm, config, out, progress)
-    if resume and not search.resume():
-        raise ValueError(f"--resume: no checkpoint in {out / 'checkpoint'}; run without --resume to start")
-    return search
+    return kind(algorithm, config, out, progress)
 
 
 __all__ = ["ALGORITHMS", "Architecture", "BDarts", "BPcDarts", "BiLevel", "BroadSearchNetwork", "Darts", "Ednas",

@@ -9,10 +9,11 @@ after ``lr_warmup`` epochs of linear warm-up where the paper has one). A
 search has one stage or, like P-DARTS, several: each stage is a new supernet (fresh weights, fresh alpha,
 new optimizers and cosine schedule) on the candidates the algorithm keeps from the stage before.
 
-Every epoch ends with an atomic checkpoint (stage, candidates, weights, architecture, optimizers,
-RNG states, the record so far) from which ``resume`` continues exactly, mid-stage or between
-stages, then the derived genotype (``genotype.json``) and the search record (``search.json``), both
-written from what the run used: the filled-in config and the algorithm's own settings. After the last
+The run's folder is a ``harness.run.Run``: every epoch ends with its atomic checkpoint (stage, candidates,
+weights, architecture, optimizers, RNG states, the records so far) from which ``resume`` continues exactly,
+mid-stage or between stages, and ``metrics.jsonl``; then the derived genotype (``genotype.json``) and the
+search record (``search.json``), both written from what the run used: the filled-in config and the
+algorithm's own settings. After the last
 epoch the algorithm may derive the final genotype once more with the data (``SearchAlgorithm.conclude``).
 """
 import dataclasses
@@ -22,17 +23,15 @@ import platform
 import resource
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..harness.checkpoint import find_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
-
-from ..files import locked_output
 from ..files import write_text_atomic
 from ..harness.evaluate import device_name
+from ..harness.run import Run, to_stderr
 from ..registry.genotype import Genotype, parse_genotypes, save_genotype, thaw
 from .algorithm import Candidates, SearchAlgorithm, SearchConfig, with_defaults
 from .bilevel import BiLevel
@@ -74,15 +73,21 @@ class Search:
         config.check()
         algorithm.for_dataset(config.dataset)
         self.algorithm, self.out, self.progress = algorithm, Path(out), progress
+        self.folder = Run(out, self._settings(), SPEED_ONLY, progress, to_stderr if progress else lambda line: None)
         torch.manual_seed(config.seed)
         self.data = self.load_data()
-        self.elapsed, self.history, self.stages, self.notes = 0.0, [], [], {}
+        self.elapsed, self.stages, self.notes = 0.0, [], {}
         self.normal: list = []  # the normal cell of the genotype last derived
         self.start_stage(0, None)
 
     @property
     def model(self) -> SearchNetwork:
         return self.bilevel.model
+
+    @property
+    def history(self) -> List[Dict[str, Any]]:
+        """The finished epochs' records (``metrics.jsonl``)."""
+        return self.folder.history
 
     def load_data(self):
         return search_data(self.config)
@@ -145,40 +150,35 @@ class Search:
         self.epoch += 1
         genotype = self.genotype()
         cells = {k: v for k, v in genotype.to_dict().items() if k in ("normal", "reduce", "recurrent")}
-        self.history.append({"stage": self.stage, "epoch": epoch, "lr": lr, **notes,
-                             **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
-                             "genotype": cells})
-        self.save_checkpoint()
+        self.save_checkpoint({"stage": self.stage, "epoch": epoch, "lr": lr, **notes,
+                              **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
+                              "genotype": cells, "operation_weights": self.algorithm.operation_weights(self.model)})
         self.write_outputs(genotype)
         return self.history[-1]
 
-    def run(self) -> Dict[str, Any]:
-        """Every remaining epoch of every stage; ends by (re)writing the outputs from the last checkpoint.
-        With ``progress``, a bar on stderr and one line per finished epoch that stays (pipes get the lines).
-        The run holds ``out`` locked (``checkpoint.locked_output``): a second writer is refused."""
-        with locked_output(self.out):
+    def run(self, resume: bool = False) -> Dict[str, Any]:
+        """Every remaining epoch of every stage (``resume``: from the checkpoint in ``out``, if there is one); ends
+        by (re)writing the outputs from the last checkpoint. The folder is a ``harness.run.Run``: held by this
+        process alone, a run in it refused without ``resume``; with ``progress``, a bar on stderr and one line per
+        finished epoch that stays."""
+        with self.folder.start(resume) as state:
+            if state is not None:
+                self.restore(state)
             return self._run()
 
     def _run(self) -> Dict[str, Any]:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         epochs, stages = self.config.epochs, self.algorithm.stages
         steps = self.steps_per_epoch()
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=Console(stderr=True), disable=not self.progress) as bar:
-            task = bar.add_task(self.algorithm.label, total=steps * epochs * stages,
-                                completed=steps * (self.stage * epochs + self.epoch))
+        with self.folder.display(steps * epochs * stages, steps * (self.stage * epochs + self.epoch)) as display:
             while True:
                 if self.epoch == epochs:
                     if self.stage + 1 == stages:
                         break
                     self.start_stage(self.stage + 1, self.algorithm.next_candidates(self.model, self.stage))
-                done = self.run_epoch(lambda: bar.advance(task))
-                if self.progress:
-                    stage = f"stage {self.stage + 1}/{stages} " if stages > 1 else ""
-                    bar.console.print(f"{self.algorithm.label} {stage}epoch {self.epoch}/{epochs}: "
-                                      f"{self.summary(done)}", highlight=False)
+                stage = f"stage {self.stage + 1}/{stages} " if stages > 1 else ""
+                display.describe(f"{self.algorithm.label} {stage}epoch {self.epoch + 1}/{epochs}")
+                done = self.run_epoch(display.advance)
+                display.line(f"{self.algorithm.label} {stage}epoch {self.epoch}/{epochs}: {self.summary(done)}")
         self.write_outputs(self.genotype(self.algorithm.conclude(self)))
         return self.record()
 
@@ -234,13 +234,12 @@ class Search:
         return {"algorithm": self.algorithm.label, "options": plain(self.algorithm.settings()),
                 "config": plain(dataclasses.asdict(self.config))}
 
-    def save_checkpoint(self) -> None:
-        state = {"stage": self.stage, "epoch": self.epoch, "elapsed": self.elapsed,
-                 "history": json.dumps(self.history), "stages": json.dumps(self.stages),
-                 "candidates": json.dumps(self.model.candidates), "settings": json.dumps(self._settings()),
-                 "w_optimizer": self.bilevel.w_optimizer.state_dict(),
-                 "a_optimizer": self.bilevel.a_optimizer.state_dict(), "rng": rng_state()}
-        save_checkpoint(self.out / "checkpoint", self.model, state)
+    def save_checkpoint(self, record: Dict[str, Any]) -> None:
+        """The epoch's checkpoint (``Run.save``), with ``record`` added to the history."""
+        self.folder.save(self.model, {
+            "stage": self.stage, "epoch": self.epoch, "elapsed": self.elapsed, "stages": json.dumps(self.stages),
+            "candidates": json.dumps(self.model.candidates), "w_optimizer": self.bilevel.w_optimizer.state_dict(),
+            "a_optimizer": self.bilevel.a_optimizer.state_dict()}, record)
 
     def write_outputs(self, genotype: Genotype) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -249,25 +248,11 @@ class Search:
         save_genotype(genotype, self.out / "genotype.json", search)
         write_text_atomic(self.out / "search.json", json.dumps(self.record(), indent=2) + "\n")
 
-    def resume(self) -> bool:
-        """Continue from ``out/checkpoint`` if one is there; False when there is nothing to resume."""
-        path = find_checkpoint(self.out / "checkpoint")
-        if path is None:
-            return False
-        state = load_state(path)
-        saved, mine = json.loads(state["settings"]), self._settings()
-        changed = [k for k in ("algorithm",) if saved[k] != mine[k]]
-        changed += sorted(k for k in {**saved["options"], **mine["options"]}
-                          if saved["options"].get(k) != mine["options"].get(k))
-        changed += sorted(k for k in mine["config"] if k not in SPEED_ONLY and saved["config"].get(k) != mine["config"][k])
-        if changed:
-            raise ValueError(f"{path} was written by a run with other settings ({', '.join(changed)}); "
-                             "resume with the same options or use another --out")
+    def restore(self, state: Dict[str, Any]) -> None:
+        """Continue from a checkpoint's ``state``, mid-stage or between stages."""
         self.stages = json.loads(state["stages"])
         self.start_stage(state["stage"], json.loads(state["candidates"]))
-        load_weights(path, self.model)
+        self.folder.load(self.model, state)
         self.bilevel.w_optimizer.load_state_dict(state["w_optimizer"])
         self.bilevel.a_optimizer.load_state_dict(state["a_optimizer"])
-        set_rng_state(state["rng"])
-        self.epoch, self.elapsed, self.history = state["epoch"], state["elapsed"], json.loads(state["history"])
-        return True
+        self.epoch, self.elapsed = state["epoch"], state["elapsed"]
