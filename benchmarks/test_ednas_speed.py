@@ -25,11 +25,14 @@ memory: each side in a fresh process (``measure.py``); ``memory_ratio`` = ours /
 
 Run (their code is read from a checkout, never copied here)::
 
-    mkdir -p /tmp/ednas && git --git-dir=<mirror of logue311/EDNAS> archive HEAD EDNAS_on_CIFAR-10 | tar -x -C /tmp/ednas
+    mkdir -p /tmp/ednas && git --git-dir=<mirror of logue311/EDNAS> archive HEAD EDNAS_on_CIFAR-10 \
+        EDNAS_on_ImageNet_horovod | tar -x -C /tmp/ednas
     EDNAS_CODE=/tmp/ednas python -m pytest benchmarks/test_ednas_speed.py -p no:cacheprovider -s
 
 Without ``EDNAS_CODE`` the file is skipped.
 """
+import contextlib
+import io
 import os
 import sys
 import types
@@ -199,6 +202,21 @@ def test_ednas_same_children_same_numbers():
             assert torch.allclose(ours(x), theirs(x), rtol=1e-12, atol=1e-14)
 
 
+def test_ednas_imagenet_supernets_same_size():
+    """Our ImageNet search supernet (5 nodes, the width-C stem without affine BN) has the weights and buffers
+    of theirs (``EDNAS_on_ImageNet_horovod/model_search.py``), tensor by tensor, at C=8 and 5 cells."""
+    folder = Path(CODE) / "EDNAS_on_ImageNet_horovod"
+    imagenet = load_authors(folder, ("genotypes", "operations", "model_search"), "_ednas_imagenet_authors")
+    with cuda_calls_stay_on_device(), contextlib.redirect_stdout(io.StringIO()):  # their cells print widths
+        theirs = imagenet.model_search.Network(8, 1000, 5, nn.CrossEntropyLoss())
+    algorithm = Ednas()
+    ours = algorithm.network(with_defaults(algorithm, SearchConfig(dataset="imagenet", init_channels=8, layers=5)),
+                             1000)
+    mine = [v.shape for k, v in ours.state_dict().items() if not k.startswith("arch.") and k != "baseline"]
+    assert mine == [v.shape for v in theirs.state_dict().values()]
+    assert sum(p.numel() for p in ours.weights()) == sum(p.numel() for p in theirs.parameters())
+
+
 def _sides(kind: str, channels_last: bool):
     """Both sides' step of ``kind`` at the paper's shape, from the same weights and policies."""
     theirs, criterion, ours = _networks(PAPER, channels_last)
@@ -211,7 +229,10 @@ def test_ednas_step_against_authors(benchmark, kind):
     their_time = mean_seeded_time(their_step, ROUNDS)
     seeded(our_step, 1000)
     seeds = iter(range(ROUNDS))
-    benchmark.pedantic(our_step, setup=lambda: torch.manual_seed(next(seeds)), rounds=ROUNDS, iterations=1)
+
+    def reseed():
+        torch.manual_seed(next(seeds))
+    benchmark.pedantic(our_step, setup=reseed, rounds=ROUNDS, iterations=1)
     our_time = benchmark.stats.stats.mean
     del their_step, our_step
     their_memory, our_memory = (peak_memory(__file__, side, kind) for side in ("authors", "ours"))

@@ -17,11 +17,12 @@ Everything follows the authors' ``EDNAS_on_CIFAR-10`` (logue311/EDNAS at eed815b
 (``_backward_step_policy_rl``), ``train_search.py`` (``train``, ``train_arch`` in eval mode,
 ``best_arch_search``; 300 epochs, batch 128, SGD with Nesterov momentum, lr 0.05 cosine to 0.001, wd 3e-4,
 clip 5; Adam 3.5e-4, betas (0.5, 0.999), wd 1e-3). ImageNet follows ``EDNAS_on_ImageNet_horovod``: 5 nodes,
-C=48 with a stem of width C (``model_search.py``), batch 200 for the weights and 50 for the policies, a new
-child every 20 weights steps, 50 epochs of SGD (no Nesterov, wd 3e-5, no clipping) at lr 0.05 times 1, 0.5,
-0.1, 0.01, 0.001 from epochs 0, 10, 20, 30, 40 (``adjust_learning_rate`` on one GPU, where its warm-up is
-flat), each child scored on 10 batches at the end. Their ``random_split`` of the whole training set is our
-seeded per-class 80/20 split (recorded); their colour jitter and the stem's non-affine BN are left out.
+C=48 with a stem of width C and BNs without affine parameters (``model_search.py``), batch 200 for the
+weights and 50 for the policies, a new child every 20 weights steps, 50 epochs of SGD (no Nesterov, wd 3e-5,
+no clipping) at lr 0.05 times 1, 0.5, 0.1, 0.01, 0.001 from epochs 0, 10, 20, 30, 40 (``adjust_learning_rate``
+on one GPU, where its warm-up is flat), each child scored on 10 batches at the end. Their ``random_split`` of
+the whole training set is our seeded per-class 80/20 split (recorded); their colour jitter is left out (the
+ImageNet search transform is the one PC-DARTS's and BNAS-v2's searches share, ``data.py``).
 
 By default the paper's method; ``--authors-code`` reproduces two quirks of the released code: the CIFAR
 code hands the normal-cell sample to the reduction cells and vice versa (``Network.forward``; the
@@ -125,7 +126,7 @@ class EdnasNetwork(SearchNetwork):
     """The DARTS supernet on EDNAS's 7 operations running one sampled ``child`` (per cell type, set by the
     algorithm) and holding the reward ``baseline`` (a buffer, so a checkpoint keeps it). ``swap``: the
     authors' CIFAR code, normal cells run the reduce sample and reduction cells the normal one. The
-    ImageNet stem is the authors' width C, not 3C."""
+    ImageNet stem is the authors': width C, not 3C, its BNs without affine parameters."""
 
     def __init__(self, C: int, num_classes: int, layers: int, nodes: int, candidates=None, stem: str = "cifar",
                  swap: bool = False):
@@ -136,7 +137,7 @@ class EdnasNetwork(SearchNetwork):
         self.register_buffer("baseline", torch.zeros(()))
 
     def make_stem(self, kind: str, in_chans: int, C: int) -> nn.Module:
-        return ImageNetStem(in_chans, C) if kind == "imagenet" else super().make_stem(kind, in_chans, C)
+        return ImageNetStem(in_chans, C, affine=False) if kind == "imagenet" else super().make_stem(kind, in_chans, C)
 
     def mixes(self) -> Dict[str, Mix]:
         if not self.child:
