@@ -205,11 +205,12 @@ def test_collapse_monitor_values_are_drawn_when_recorded(runs):
     assert collapse_signals(run) == {} and len(collapse_figure(run).axes) == 1
     record = json.loads(json.dumps(run.record))
     record["epochs"][-1]["hessian_eigenvalue"] = 0.25
-    for e in record["epochs"]:
-        e["edge_entropy"] = {"normal": 2.0, "reduce": 1.0}
+    for i, e in enumerate(record["epochs"]):  # nas_zoo.search.hessian's per-epoch values
+        e.update(edge_entropy={"normal": [2.0, 2.0], "reduce": [1.0, 1.0]}, skip_connections=7 + i)
     run = SearchRun(run.path, record, run.genotype)
     assert collapse_signals(run) == {"hessian_eigenvalue": [None] * (len(record["epochs"]) - 1) + [0.25],
                                      "edge_entropy": [1.5] * len(record["epochs"])}
+    assert run.skip_connections() == [7 + i for i in range(len(record["epochs"]))]
     assert len(collapse_figure(run).axes) == 3
 
 

@@ -22,7 +22,7 @@ def _epochs(run: SearchRun) -> List[int]:
 def _marks(ax, run: SearchRun) -> None:
     """Whole epochs on the x axis; dotted lines where the derived genotype changed, solid ones where a stage
     began (P-DARTS)."""
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     for i, _ in run.changes():
         ax.axvline(i + 1, color="#999999", linestyle=":", linewidth=0.9, zorder=0)
     for i, (before, now) in enumerate(zip(run.epochs, run.epochs[1:]), 1):
@@ -84,7 +84,7 @@ def collapse_figure(run: SearchRun) -> Figure:
                 drawstyle="steps-mid" if key == "skip_connections" else "default")
         _marks(ax, run)
         if key == "skip_connections":
-            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("epoch")
         ax.set_title(label, fontsize=10)
     return figure
@@ -133,7 +133,7 @@ def heat_map(run: SearchRun, stage: int, cell_type: str) -> Figure:
         ax.set_title(title, fontsize=8, pad=2)
         ax.set_yticks(range(len(candidates[e])), candidates[e] if (same and col == 0) or not same else [],
                       fontsize=6)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.tick_params(axis="x", labelsize=6, length=2)
         ax.tick_params(axis="y", length=0)
         op = chosen.get((row, col))
@@ -176,7 +176,7 @@ def training_figure(run: TrainingRun, paper: Optional[float]) -> Figure:
             ax.axhline(paper, color="black", linestyle="--", linewidth=1, label=f"paper: {paper}")
         if label == "perplexity":
             ax.set_yscale("log")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.legend(frameon=False)
@@ -193,7 +193,7 @@ def comparison_figure(runs: Sequence[SearchRun], names: Sequence[str]) -> Figure
         ax.plot(_epochs(run), [e[key] for e in run.epochs], marker="o", markersize=3, label=name)
     if all(run.language for run in runs):
         ax.set_yscale("log")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation " + ("perplexity" if runs[0].language else "accuracy (%)"))
     ax.legend(frameon=False, fontsize=8)

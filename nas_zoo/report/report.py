@@ -78,10 +78,10 @@ def search_section(page: Page, run: SearchRun, name: str, index: int) -> None:
         page.text("The record holds no per-epoch operation weights (written by an older nas-zoo): no heat maps.")
     page.figure(f"{name}-cells", draw_genotype(run.genotype, network), "The cells found.")
     columns = _epoch_columns(run.epochs)
-    stages = len(record["stages"]) > 1
+    stages, counted = len(record["stages"]) > 1, not run.language and "skip_connections" not in columns
     skips = run.skip_connections()
-    page.table(["epoch"] + ["stage"] * stages + columns + ["skip-connections (normal)"] * (not run.language),
-               [[i + 1] + [e["stage"] + 1] * stages + [e.get(k) for k in columns] + [skips[i]] * (not run.language)
+    page.table(["epoch"] + ["stage"] * stages + columns + ["skip-connections (normal)"] * counted,
+               [[i + 1] + [e["stage"] + 1] * stages + [e.get(k) for k in columns] + [skips[i]] * counted
                 for i, e in enumerate(run.epochs)], id=f"epochs-{index}")
 
 

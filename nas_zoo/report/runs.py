@@ -43,8 +43,10 @@ class SearchRun:
         return found
 
     def skip_connections(self) -> List[int]:
-        """Per epoch, the skip-connections in the normal cell derived then (the collapse DARTS is known for)."""
-        return [sum(op == "skip_connect" for op, _ in e["genotype"].get("normal") or []) for e in self.epochs]
+        """Per epoch, the skip-connections in the normal cell derived then (the collapse DARTS is known for): the
+        collapse monitor's ``skip_connections`` where the record has them, else counted in the epoch's genotype."""
+        return [e.get("skip_connections", sum(op == "skip_connect" for op, _ in e["genotype"].get("normal") or []))
+                for e in self.epochs]
 
 
 @dataclass(frozen=True)
