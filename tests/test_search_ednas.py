@@ -236,7 +236,8 @@ def test_ednas_resume_continues_exactly(tiny_cifar, tmp_path, monkeypatch):
     assert (straight / "genotype.json").read_text() == (killed / "genotype.json").read_text()
 
 
-def test_ednas_imagenet_search_on_a_class_folder_dataset(tiny_imagenet, tmp_path):
+@pytest.mark.parametrize("authors_code", [False, True], ids=["paper", "authors-code"])
+def test_ednas_imagenet_search_on_a_class_folder_dataset(tiny_imagenet, tmp_path, authors_code):
     paper = with_defaults(Ednas(), SearchConfig(dataset="imagenet"))
     assert (paper.nodes, paper.init_channels, paper.batch_size, paper.epochs, paper.weight_decay, paper.nesterov,
             paper.grad_clip, paper.imagenet_sample) == (5, 48, 200, 50, 3e-5, False, 0.0, (0.8, 0.2))
@@ -249,10 +250,11 @@ def test_ednas_imagenet_search_on_a_class_folder_dataset(tiny_imagenet, tmp_path
     result = runner.invoke(app, ["search", "ednas", "--dataset", "imagenet", "--data-dir", str(tiny_imagenet),
                                  "--out", str(out), "--epochs", "1", "--init-channels", "4", "--layers", "3",
                                  "--batch-size", "32", "--policy-batch-size", "16", "--derive-samples", "2",
-                                 "--derive-batches", "1", "--num-workers", "0"])
+                                 "--derive-batches", "1", "--num-workers", "0", *["--authors-code"] * authors_code])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "search.json").read_text())
     assert record["config"]["nodes"] == 5 and record["options"]["child_steps"] == 20
+    assert record["options"]["authors_code"] == authors_code
     assert (record["data"]["weights_share"], record["data"]["arch_share"]) == (0.8, 0.2)
     assert (len(record["data"]["weights"]), len(record["data"]["arch"])) == (4 * 32, 4 * 8)
     assert len(record["epochs"][0]["policy_entropy"]["normal"]["inputs"]) == 4
