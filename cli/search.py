@@ -16,6 +16,11 @@ from nas_zoo.threads import AUTO, set_threads
 
 from .output import THREADS_HELP, console, fail, library_errors
 
+#: what --help says of the collapse monitor's cost (measured: README, Search)
+HESSIAN_HELP = ("epochs between eigenvalues of the validation loss's Hessian in alpha, the collapse monitor (and "
+                "at a stage's last epoch; 0: off): one costs 3.5 (PC-DARTS) to 16 (DARTS) search steps, at K=5 at "
+                "most 8% of a 40-step epoch")
+
 #: click's UsageError, as the click that typer runs on defines it (typer >= 0.20 carries its own copy)
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
@@ -82,6 +87,12 @@ def _loop_options(algorithm: Type[SearchAlgorithm], stages: bool) -> list:
                 _text(PTB_DEFAULTS["dropouts"])),
         _option("max_batches", 0, "ptb: windows per epoch (0: the whole training split)", int),
     ] if algorithm.ptb is not None else []
+    collapse = [
+        paper("hessian_every", HESSIAN_HELP),
+        _option("early_stop", "off", "DARTS-ES: stop when the eigenvalue grows, with an earlier epoch's genotype: "
+                                     "paper (grown 1/0.75 over 5 measurements) or code (RobustDARTS's: 1.3 over 4); "
+                                     "measure every 1 (paper) or 2 (their scripts) epochs", str),
+    ] if algorithm.differentiable else []
     return [
         _option("dataset", "cifar10", " or ".join(datasets), str),
         _option("data_dir", Path("data"), "folder holding cifar-10-batches-py / cifar-100-python"
@@ -94,6 +105,7 @@ def _loop_options(algorithm: Type[SearchAlgorithm], stages: bool) -> list:
         paper("layers", "supernet cells (reductions at 1/3 and 2/3)"),
         _option("seed", 2, "random seed", int),
         paper("arch_warmup", f"epochs{per_stage} before alpha is updated"),
+        *collapse,
         _option("num_workers", 2, "data-loading worker processes", int),
         _option("channels_last", True, "activations in NHWC (same math; faster on CPU)", bool),
         _option("sync_bn", False, "under torchrun: batch norm over the whole batch, not each process's share", bool),
@@ -132,6 +144,8 @@ def _search(name: str, algorithm: Type[SearchAlgorithm], values: Dict[str, Any])
         search = new_search(method, config, out)
         record = search.run(resume)
     epochs = f"{record['epochs_done']} epoch{'' if record['epochs_done'] == 1 else 's'}"
+    if record.get("early_stop"):
+        console.print(f"stopped early: {record['early_stop']['reason']}", highlight=False)
     console.print(f"{record['algorithm']}: {epochs}, {search.outcome(record)}; wrote {out / 'genotype.json'} and "
                   f"{out / 'search.json'}", highlight=False)
 

@@ -64,6 +64,10 @@ class SearchConfig:
     dropouts: Optional[Tuple[float, float, float, float, float]] = None
     tar: Optional[float] = None
     max_batches: int = 0
+    # the collapse monitor (``hessian.py``): the Hessian's dominant eigenvalue every K epochs (0: never), and
+    # DARTS-ES on it ("off", "paper" or "code")
+    hessian_every: Optional[int] = None
+    early_stop: str = "off"
     sync_bn: bool = False  # under torchrun, batch norm over the whole batch instead of each process's share
     num_workers: int = 2
     channels_last: bool = True  # activations in NHWC: same math, faster depthwise convolutions on CPU
@@ -71,11 +75,11 @@ class SearchConfig:
 
     def check(self) -> None:
         """Refuse settings no supernet can run, with the flag to change."""
-        for name in ("epochs", "batch_size", "init_channels", "layers", "nhid", "bptt", "max_batches"):
+        for name in ("epochs", "batch_size", "init_channels", "layers", "nhid", "bptt", "max_batches", "hessian_every"):
             value = getattr(self, name)
             if value is None:
                 continue
-            if value < (0 if name in ("epochs", "max_batches") else 1):
+            if value < (0 if name in ("epochs", "max_batches", "hessian_every") else 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.dropouts is not None and (len(self.dropouts) != 5 or any(not 0 <= p < 1 for p in self.dropouts)):
             raise ValueError(f"--dropouts {','.join(map(str, self.dropouts))}: expected 5 probabilities in [0, 1)")
@@ -89,7 +93,7 @@ class SearchConfig:
 LOOP_DEFAULTS = dict(epochs=50, batch_size=64, init_channels=16, layers=8, nodes=4, train_portion=0.5, lr=0.025,
                      lr_min=0.001, momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0, arch_lr=3e-4,
                      arch_betas=(0.5, 0.999), arch_weight_decay=1e-3, arch_warmup=0,
-                     arch_grad_clip=0.0, lr_warmup=0, imagenet_sample=(0.1, 0.025))
+                     arch_grad_clip=0.0, lr_warmup=0, imagenet_sample=(0.1, 0.025), hessian_every=5)
 #: The recurrent-cell search on PTB (DARTS ``rnn/train_search.py``, Sec. 3.2 / A.1.2): plain SGD at a constant
 #: lr 20 (scaled by the window's length), clip 0.25, weight decay 5e-7; alpha by Adam 3e-3 (PyTorch's betas,
 #: weight decay 1e-3); width 300, BPTT 35, the DARTS dropouts, TAR 1e-3. GDAS's RNN search kept them.
@@ -131,6 +135,9 @@ class SearchAlgorithm:
     #: the paper's recurrent-cell search on PTB, if it has one: what differs from ``PTB_DEFAULTS``
     ptb: Optional[Dict[str, Any]] = None
     stages = 1
+    #: alpha weights the operations and follows the validation loss's gradient (not EDNAS's sampling policies):
+    #: the collapse monitor (``hessian.py``) applies
+    differentiable = True
     #: whether it runs under torchrun: its steps go through ``BiLevel``'s, which average every gradient over the
     #: ranks (an algorithm with its own passes says False until they do)
     several_processes = True

@@ -23,8 +23,12 @@ ranks, so the weights and alpha stay the same on every rank, step after step. Wh
 architecture (GDAS's Gumbel noise) comes from ``Search.sampling``, one generator seeded by the run's seed:
 the same samples on every rank and in one process. The rest of the randomness (P-DARTS's dropout) is each
 rank's own stream.
+
+Each epoch's record carries the collapse monitor's figures, and DARTS-ES may end the search early and
+return an earlier epoch's genotype (``hessian.py``).
 """
 import dataclasses
+import itertools
 import json
 import math
 import platform
@@ -44,6 +48,7 @@ from ..harness.evaluate import device_name
 from ..harness.run import Run, to_stderr
 from ..harness.train import device_for_run
 from ..registry.genotype import Genotype, parse_genotypes, save_genotype, thaw
+from . import hessian
 from .algorithm import Candidates, SearchAlgorithm, SearchConfig, with_defaults
 from .bilevel import BiLevel
 from .data import search_data
@@ -84,6 +89,7 @@ class Search:
     def __init__(self, algorithm: SearchAlgorithm, config: SearchConfig, out: Path, progress: bool = True):
         self.config = config = with_defaults(algorithm, config)
         config.check()
+        hessian.check(algorithm, config)
         algorithm.for_dataset(config.dataset)
         if not (self.several_processes and algorithm.several_processes):
             distributed.one_process(f"the {algorithm.label} search on {config.dataset}")
@@ -169,6 +175,7 @@ class Search:
         for group in self.bilevel.w_optimizer.param_groups:
             group["lr"] = lr
         stats = self.train_epoch(epoch, advance)
+        collapse = hessian.monitor(self, epoch)
         took = time.perf_counter() - start
         self.elapsed += took
         self.stages[self.stage]["wall_time_s"] = round(self.stages[self.stage]["wall_time_s"] + took, 3)
@@ -177,7 +184,8 @@ class Search:
         cells = {k: v for k, v in genotype.to_dict().items() if k in ("normal", "reduce", "recurrent")}
         self.save_checkpoint({"stage": self.stage, "epoch": epoch, "lr": lr, **notes,
                               **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
-                              "genotype": cells, "operation_weights": self.algorithm.operation_weights(self.model)})
+                              "genotype": cells, "operation_weights": self.algorithm.operation_weights(self.model),
+                              **collapse})
         self.write_outputs(genotype)
         return self.history[-1]
 
@@ -195,7 +203,7 @@ class Search:
         epochs, stages = self.config.epochs, self.algorithm.stages
         steps = self.steps_per_epoch()
         with self.folder.display(steps * epochs * stages, steps * (self.stage * epochs + self.epoch)) as display:
-            while True:
+            while not hessian.early_stop(self.history, self.config):
                 if self.epoch == epochs:
                     if self.stage + 1 == stages:
                         break
@@ -204,8 +212,13 @@ class Search:
                 display.describe(f"{self.algorithm.label} {stage}epoch {self.epoch + 1}/{epochs}")
                 done = self.run_epoch(display.advance)
                 display.line(f"{self.algorithm.label} {stage}epoch {self.epoch}/{epochs}: {self.summary(done)}")
-        self.write_outputs(self.genotype(self.algorithm.conclude(self)))
+        final = hessian.stopped_genotype(self) or self.algorithm.conclude(self)
+        self.write_outputs(self.genotype(final))
         return self.record()
+
+    def fixed_batches(self, n: int) -> list:
+        """``n`` batches of the architecture part, the same ones at every call (the collapse monitor's)."""
+        return list(itertools.islice(self.loader(self.data.valid, 30_000), n))
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.data.train) / self.config.batch_size)
@@ -255,6 +268,7 @@ class Search:
             ("gpu_hours" if device.type == "cuda" else "cpu_hours"): round(hours, 6),
             "peak_memory": peak_memory(device), "epochs_done": len(self.history), "stages": self.stages,
             "epochs": self.history, "architecture": arch, **self.cell_notes(), **self.notes,
+            "early_stop": hessian.early_stop(self.history, self.config),
         }
 
     def _settings(self) -> Dict[str, Any]:

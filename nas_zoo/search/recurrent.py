@@ -184,6 +184,11 @@ class LanguageSearch(Search):
     def shape(model: RecurrentSupernet) -> Dict[str, int]:
         return {"steps": model.nodes, "nhid": model.nhid, "words": model.ntoken}
 
+    def fixed_batches(self, n: int) -> List[Window]:
+        """The first ``n`` windows of the architecture split, each from a zero state (the collapse monitor's)."""
+        bptt = self.config.bptt
+        return [Window(*get_batch(self.data.search, i * bptt, bptt), None) for i in range(n)]
+
     def steps_per_epoch(self) -> int:
         windows = math.ceil((self.data.train.size(0) - 2) / self.config.bptt)
         return min(windows, self.config.max_batches or windows)
