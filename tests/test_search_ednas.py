@@ -2,6 +2,7 @@
 step), seeded sampling, exact resume, the record, the released code's quirks and the ImageNet search."""
 import itertools
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from nas_zoo.registry.genotype import load_genotype
 from nas_zoo.search import Ednas, SearchConfig, with_defaults
 from nas_zoo.harness import run as run_module
 from nas_zoo.search.bilevel import BiLevel
-from nas_zoo.search.ednas import CellSample, input_pairs, log_prob, sample_cell
+from nas_zoo.search.ednas import CellSample, batches, input_pairs, log_prob, sample_cell
 
 from .test_search_cli import RECORD_FIELDS, search
 
@@ -150,15 +151,18 @@ def test_authors_code_hands_the_normal_sample_to_the_reduction_cells():
     authors = Ednas(authors_code=True)
     imagenet = authors.network(with_defaults(authors, SearchConfig(dataset="imagenet", init_channels=4, layers=3)), 10)
     assert not imagenet.swap  # the authors' ImageNet copy fixed it
+    stem_bns = [m for m in imagenet.stem.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(stem_bns) == 3 and not any(m.affine for m in stem_bns)  # their search stem's BNs
 
 
-def test_ednas_search_writes_its_record_and_the_genotype_trains(tiny_cifar, tmp_path):
+@pytest.mark.parametrize("authors_code", [False, True], ids=["paper", "authors-code"])
+def test_ednas_search_writes_its_record_and_the_genotype_trains(tiny_cifar, tmp_path, authors_code):
     out = tmp_path / "out"
-    result = search("ednas", tiny_cifar, out, *FEW, "--child-steps", "2")
+    result = search("ednas", tiny_cifar, out, *FEW, "--child-steps", "2", *["--authors-code"] * authors_code)
     assert result.exit_code == 0, result.output
     record = json.loads((out / "search.json").read_text())
     assert RECORD_FIELDS <= set(record) and record["algorithm"] == "ednas" and record["epochs_done"] == 2
-    assert record["options"] == {"authors_code": False, "child_steps": 2, "policy_batch_size": 0,
+    assert record["options"] == {"authors_code": authors_code, "child_steps": 2, "policy_batch_size": 0,
                                  "derive_samples": 6, "derive_batches": 1}
     config = record["config"]
     assert (config["train_portion"], config["nesterov"], config["lr"], config["arch_lr"]) == (0.8, True, 0.05, 3.5e-4)
@@ -192,6 +196,23 @@ def test_a_child_runs_for_child_steps_weights_steps(tiny_cifar, tmp_path, monkey
     assert len(drawn) == 3 + 2 + 4
 
 
+def test_derived_children_are_scored_on_full_batches():
+    """As their ``best_arch_search`` (the first batch of a fresh shuffle): a pass's short last batch is
+    skipped, unless the architecture part is smaller than one batch."""
+    part = torch.utils.data.TensorDataset(torch.arange(16), torch.arange(16))
+
+    def loader(data, seed, batch_size):
+        generator = torch.Generator().manual_seed(seed)
+        return torch.utils.data.DataLoader(data, batch_size, shuffle=True, generator=generator)
+
+    run = SimpleNamespace(data=SimpleNamespace(valid=part), loader=loader)
+    drawn = list(itertools.islice(batches(run, 6, 0), 9))  # passes of 6, 6 (and 4, skipped)
+    assert [len(labels) for _, labels in drawn] == [6] * 9
+    assert [len(labels) for _, labels in itertools.islice(batches(run, 32, 0), 3)] == [16] * 3
+    seen = torch.cat([labels for _, labels in drawn[:2]])
+    assert len(set(seen.tolist())) == 12  # two batches of one pass: no image twice
+
+
 def test_ednas_resume_continues_exactly(tiny_cifar, tmp_path, monkeypatch):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert search("ednas", tiny_cifar, straight, *FEW).exit_code == 0
@@ -215,7 +236,8 @@ def test_ednas_resume_continues_exactly(tiny_cifar, tmp_path, monkeypatch):
     assert (straight / "genotype.json").read_text() == (killed / "genotype.json").read_text()
 
 
-def test_ednas_imagenet_search_on_a_class_folder_dataset(tiny_imagenet, tmp_path):
+@pytest.mark.parametrize("authors_code", [False, True], ids=["paper", "authors-code"])
+def test_ednas_imagenet_search_on_a_class_folder_dataset(tiny_imagenet, tmp_path, authors_code):
     paper = with_defaults(Ednas(), SearchConfig(dataset="imagenet"))
     assert (paper.nodes, paper.init_channels, paper.batch_size, paper.epochs, paper.weight_decay, paper.nesterov,
             paper.grad_clip, paper.imagenet_sample) == (5, 48, 200, 50, 3e-5, False, 0.0, (0.8, 0.2))
@@ -228,12 +250,14 @@ def test_ednas_imagenet_search_on_a_class_folder_dataset(tiny_imagenet, tmp_path
     result = runner.invoke(app, ["search", "ednas", "--dataset", "imagenet", "--data-dir", str(tiny_imagenet),
                                  "--out", str(out), "--epochs", "1", "--init-channels", "4", "--layers", "3",
                                  "--batch-size", "32", "--policy-batch-size", "16", "--derive-samples", "2",
-                                 "--derive-batches", "1", "--num-workers", "0"])
+                                 "--derive-batches", "1", "--num-workers", "0", *["--authors-code"] * authors_code])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "search.json").read_text())
     assert record["config"]["nodes"] == 5 and record["options"]["child_steps"] == 20
+    assert record["options"]["authors_code"] == authors_code
     assert (record["data"]["weights_share"], record["data"]["arch_share"]) == (0.8, 0.2)
     assert (len(record["data"]["weights"]), len(record["data"]["arch"])) == (4 * 32, 4 * 8)
     assert len(record["epochs"][0]["policy_entropy"]["normal"]["inputs"]) == 4
     genotype = load_genotype(out / "genotype.json")
     assert len(genotype.normal) == 10 and genotype.normal_concat == (2, 3, 4, 5, 6)
+

@@ -40,21 +40,22 @@ class CifarStem(nn.Sequential):
 
 
 class ImageNetStem(nn.Module):
-    """Three stride-2 3x3 convs: s0 after two (224 -> 56), s1 after the third (56 -> 28)."""
+    """Three stride-2 3x3 convs: s0 after two (224 -> 56), s1 after the third (56 -> 28). ``affine=False``:
+    BNs without affine parameters, as EDNAS's ImageNet search supernet has them."""
 
-    def __init__(self, in_chans: int, C: int):
+    def __init__(self, in_chans: int, C: int, affine: bool = True):
         super().__init__()
         self.stem0 = nn.Sequential(
             nn.Conv2d(in_chans, C // 2, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C // 2),
+            nn.BatchNorm2d(C // 2, affine=affine),
             nn.ReLU(inplace=True),
             nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
+            nn.BatchNorm2d(C, affine=affine),
         )
         self.stem1 = nn.Sequential(
             nn.ReLU(inplace=False),
             nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
+            nn.BatchNorm2d(C, affine=affine),
         )
         self.out_chs = C
         self.reduction = 8

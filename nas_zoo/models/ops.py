@@ -76,8 +76,10 @@ class Zero(nn.Module):
 class FactorizedReduce(nn.Module):
     """Halve the resolution with two 1x1 stride-2 convs, the second one offset by one pixel.
 
-    The offset branch is zero-padded on the right and bottom first (as in GDAS's version): for even
-    sizes this is exactly DARTS's ``x[:, :, 1:, 1:]``, and odd sizes work too.
+    The offset branch is DARTS's ``x[:, :, 1:, 1:]``; an odd size is zero-padded on the right and bottom
+    first (as in GDAS's version), so that both branches have the same size. Even sizes are not padded: the
+    stride never reaches the padding there, and the padded copy would be one more activation kept for the
+    backward pass.
     """
 
     def __init__(self, C_in: int, C_out: int, affine: bool = True):
@@ -91,7 +93,8 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
-        shifted = nn.functional.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
+        odd = (x.shape[-1] % 2, x.shape[-2] % 2)
+        shifted = (nn.functional.pad(x, (0, odd[0], 0, odd[1])) if any(odd) else x)[:, :, 1:, 1:]
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
 
 

@@ -17,11 +17,12 @@ Everything follows the authors' ``EDNAS_on_CIFAR-10`` (logue311/EDNAS at eed815b
 (``_backward_step_policy_rl``), ``train_search.py`` (``train``, ``train_arch`` in eval mode,
 ``best_arch_search``; 300 epochs, batch 128, SGD with Nesterov momentum, lr 0.05 cosine to 0.001, wd 3e-4,
 clip 5; Adam 3.5e-4, betas (0.5, 0.999), wd 1e-3). ImageNet follows ``EDNAS_on_ImageNet_horovod``: 5 nodes,
-C=48 with a stem of width C (``model_search.py``), batch 200 for the weights and 50 for the policies, a new
-child every 20 weights steps, 50 epochs of SGD (no Nesterov, wd 3e-5, no clipping) at lr 0.05 times 1, 0.5,
-0.1, 0.01, 0.001 from epochs 0, 10, 20, 30, 40 (``adjust_learning_rate`` on one GPU, where its warm-up is
-flat), each child scored on 10 batches at the end. Their ``random_split`` of the whole training set is our
-seeded per-class 80/20 split (recorded); their colour jitter and the stem's non-affine BN are left out.
+C=48 with a stem of width C and BNs without affine parameters (``model_search.py``), batch 200 for the
+weights and 50 for the policies, a new child every 20 weights steps, 50 epochs of SGD (no Nesterov, wd 3e-5,
+no clipping) at lr 0.05 times 1, 0.5, 0.1, 0.01, 0.001 from epochs 0, 10, 20, 30, 40 (``adjust_learning_rate``
+on one GPU, where its warm-up is flat), each child scored on 10 batches at the end. Their ``random_split`` of
+the whole training set is our seeded per-class 80/20 split (recorded); their colour jitter is left out (the
+ImageNet search transform is the one PC-DARTS's and BNAS-v2's searches share, ``data.py``).
 
 By default the paper's method; ``--authors-code`` reproduces two quirks of the released code: the CIFAR
 code hands the normal-cell sample to the reduction cells and vice versa (``Network.forward``; the
@@ -40,6 +41,7 @@ from torch import nn
 from ..models.networks import ImageNetStem
 from ..models.ops import PRIMITIVES
 from .algorithm import Option, SearchAlgorithm, SearchConfig, cell_fields, network_stem
+from .bilevel import Batch, BiLevel
 from .supernet import Mix, SearchNetwork, Softmax, num_edges
 
 #: the authors' ``genotypes.PRIMITIVES``: DARTS's operations without ``none``, in DARTS's order
@@ -124,7 +126,7 @@ class EdnasNetwork(SearchNetwork):
     """The DARTS supernet on EDNAS's 7 operations running one sampled ``child`` (per cell type, set by the
     algorithm) and holding the reward ``baseline`` (a buffer, so a checkpoint keeps it). ``swap``: the
     authors' CIFAR code, normal cells run the reduce sample and reduction cells the normal one. The
-    ImageNet stem is the authors' width C, not 3C."""
+    ImageNet stem is the authors': width C, not 3C, its BNs without affine parameters."""
 
     def __init__(self, C: int, num_classes: int, layers: int, nodes: int, candidates=None, stem: str = "cifar",
                  swap: bool = False):
@@ -135,7 +137,7 @@ class EdnasNetwork(SearchNetwork):
         self.register_buffer("baseline", torch.zeros(()))
 
     def make_stem(self, kind: str, in_chans: int, C: int) -> nn.Module:
-        return ImageNetStem(in_chans, C) if kind == "imagenet" else super().make_stem(kind, in_chans, C)
+        return ImageNetStem(in_chans, C, affine=False) if kind == "imagenet" else super().make_stem(kind, in_chans, C)
 
     def mixes(self) -> Dict[str, Mix]:
         if not self.child:
@@ -146,9 +148,12 @@ class EdnasNetwork(SearchNetwork):
 
 
 def batches(run, batch_size: int, seed: int) -> Iterator:
-    """The architecture part's batches without end, reshuffled (seeded) at every pass."""
+    """The architecture part's batches without end, reshuffled (seeded) at every pass. A pass's short last
+    batch is skipped: their ``best_arch_search`` scores every child on a full batch (the first of a fresh
+    shuffle), unless the part is smaller than one batch."""
+    full = min(batch_size, len(run.data.valid))
     for n in itertools.count():
-        yield from run.loader(run.data.valid, seed + n, batch_size=batch_size)
+        yield from (b for b in run.loader(run.data.valid, seed + n, batch_size=batch_size) if len(b[1]) == full)
 
 
 class Ednas(SearchAlgorithm):
@@ -190,33 +195,47 @@ class Ednas(SearchAlgorithm):
         model.baseline.mul_(BASELINE_DECAY).add_((1 - BASELINE_DECAY) * reward)
         return -(reward - model.baseline) * self.log_prob(model, child)
 
-    # -- one epoch --------------------------------------------------------------------------------------
+    # -- the two steps and one epoch ------------------------------------------------------------------
+    def weights_step(self, search: BiLevel, batch: Batch, new_child: bool = True) -> Tuple[float, float]:
+        """One step of the shared weights (the body of their ``train``): in train mode, on a new child when
+        ``new_child``, SGD on the child's loss (``BiLevel.weights_step``); returns (loss, accuracy)."""
+        search.model.train()
+        if new_child:
+            search.model.child = self.sample(search.model)
+        return search.weights_step(batch)
+
+    def policy_step(self, search: BiLevel, batch: Batch) -> Tuple[float, float]:
+        """One REINFORCE step (the body of their ``train_arch`` with ``architect.step``): a new child in eval
+        mode, its accuracy on ``batch`` the reward, one Adam step of the policies on ``policy_loss``; returns
+        the child's summed loss and the reward. The child runs once, without a graph: the gradient is that
+        of its log-probability alone (their code runs it twice, with a graph)."""
+        model = search.model
+        model.eval()
+        model.child = self.sample(model)
+        images, labels = batch
+        with torch.no_grad():
+            logits = model(images)
+        reward = (logits.argmax(-1) == labels).float().mean().item()
+        search.arch_step(search.grad(self.policy_loss(model, model.child, reward), search.alphas))
+        return F.cross_entropy(logits, labels, reduction="sum").item(), reward
+
     def train_epoch(self, run, epoch: int, advance) -> Dict[str, Any]:
         """The weights on sampled children over the weights part (``train``), then the policies over the
-        architecture part (``train_arch``, in eval mode); its accuracies are the epoch's ``valid_acc``."""
-        model, bilevel = run.model, run.bilevel
+        architecture part (``train_arch``); its rewards are the epoch's ``valid_acc``."""
+        bilevel = run.bilevel
         train, valid = [0.0, 0.0, 0], [0.0, 0.0, 0]
-        model.train()
         for step, batch in enumerate(run.loader(run.data.train, epoch)):
-            if step % self.child_steps == 0:
-                model.child = self.sample(model)
             images, labels = bilevel.batch(batch)
-            loss, acc = bilevel.weights_step((images, labels))
+            loss, acc = self.weights_step(bilevel, (images, labels), new_child=step % self.child_steps == 0)
             train = [train[0] + loss * len(labels), train[1] + acc * len(labels), train[2] + len(labels)]
             advance()
-        model.eval()
         for batch in run.loader(run.data.valid, epoch + 10_000, batch_size=self.policy_batch_size or None):
             images, labels = bilevel.batch(batch)
-            model.child = self.sample(model)
-            with torch.no_grad():
-                logits = model(images)
-            reward = (logits.argmax(-1) == labels).float().mean().item()
-            bilevel.arch_step(bilevel.grad(self.policy_loss(model, model.child, reward), bilevel.alphas))
-            loss = F.cross_entropy(logits, labels, reduction="sum").item()
+            loss, reward = self.policy_step(bilevel, (images, labels))
             valid = [valid[0] + loss, valid[1] + 100 * reward * len(labels), valid[2] + len(labels)]
         return {"train_loss": train[0] / train[2], "train_acc": train[1] / train[2], "valid_loss": valid[0] / valid[2],
-                "valid_acc": valid[1] / valid[2], "reward_baseline": model.baseline.item(),
-                "policy_entropy": self.entropies(model)}
+                "valid_acc": valid[1] / valid[2], "reward_baseline": run.model.baseline.item(),
+                "policy_entropy": self.entropies(run.model)}
 
     @staticmethod
     def entropies(model: EdnasNetwork) -> Dict[str, Dict[str, Any]]:

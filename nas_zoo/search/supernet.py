@@ -106,8 +106,9 @@ class SearchCell(nn.Module):
     """The DARTS search cell: two inputs, ``nodes`` nodes, an edge from every earlier state to every node.
 
     Node i sums the edges from the two inputs and nodes 0..i-1 (each scaled by ``Mix.edge_scale`` when
-    given; an edge whose ``Mix.index`` entry is None is left out); the cell outputs the channel concatenation of its nodes. Edges are numbered node by node
-    (0-1: node 0, 2-4: node 1, ...), the row order of ``alpha`` in the authors' code.
+    given; an edge whose ``Mix.index`` entry is None is left out); the cell outputs the channel concatenation
+    of its nodes. Edges are numbered node by node (0-1: node 0, 2-4: node 1, ...), the row order of ``alpha``
+    in the authors' code.
     """
 
     def __init__(self, C_prev_prev: int, C_prev: int, C: int, reduction: bool, reduction_prev: bool,
@@ -125,18 +126,20 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleList(mixing.edge(names, C, stride, operation)
                                    for names, stride in zip(candidates, strides, strict=True))
 
+    def edge(self, e: int, h: torch.Tensor, mix: Mix) -> torch.Tensor:
+        out = self.edges[e](h, mix.weights[e], None if mix.index is None else mix.index[e])
+        return out if mix.edge_scale is None else mix.edge_scale[e] * out
+
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, mix: Mix) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        e = 0
+        first = 0  # the node's first edge
         for _ in range(self.nodes):
-            node = 0
-            for h in states:
-                index = None if mix.index is None else mix.index[e]
-                if mix.index is None or index is not None:  # an edge with no sampled operation does not run
-                    out = self.edges[e](h, mix.weights[e], index)
-                    node = node + (out if mix.edge_scale is None else mix.edge_scale[e] * out)
-                e += 1
-            states.append(node)
+            # an edge with no sampled operation does not run; each output is let go once summed (no local
+            # variable keeps the last one alive through the cell's concatenation: the peak memory)
+            edges = [(first + j, h) for j, h in enumerate(states)
+                     if mix.index is None or mix.index[first + j] is not None]
+            first += len(states)
+            states.append(sum(self.edge(e, h, mix) for e, h in edges))
         return torch.cat(states[2:], dim=1)
 
 
