@@ -187,7 +187,7 @@ def test_searched_recurrent_genotype_trains(tmp_path):
     assert "darts_1st_ptb_seed2_ptb on ptb: best valid ppl" in result.output
 
 
-@pytest.mark.parametrize("algorithm", ["darts", "gdas"])
+@pytest.mark.parametrize("algorithm", ["darts", "gdas", "ednas"])
 def test_ptb_search_resume_continues_exactly(tmp_path, monkeypatch, algorithm):
     data, straight, killed = _write_corpus(tmp_path / "ptb"), tmp_path / "straight", tmp_path / "killed"
     assert search(algorithm, data, straight).exit_code == 0
@@ -211,7 +211,7 @@ def test_ptb_search_resume_continues_exactly(tmp_path, monkeypatch, algorithm):
 def test_ptb_search_bad_input_is_one_clear_error(tmp_path):
     data = _write_corpus(tmp_path / "ptb")
     cases = [
-        (["search", "pc-darts", "--dataset", "ptb"], "pc-darts's paper has no recurrent-cell search; use darts or gdas"),
+        (["search", "pc-darts", "--dataset", "ptb"], "pc-darts's paper has no recurrent-cell search; use darts, gdas or ednas"),
         (["search", "darts", "--dataset", "wt2"], "search recurrent cells on ptb and transfer them to wt2"),
         (["search", "darts", "--dataset", "ptb", "--dropouts", "0.5,0.5"], "expected 5 probabilities in [0, 1)"),
         (["search", "darts", "--dataset", "ptb", "--nhid", "0"], "--nhid must be positive"),

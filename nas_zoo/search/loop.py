@@ -179,8 +179,13 @@ class Search:
                 display.describe(f"{self.algorithm.label} {stage}epoch {self.epoch + 1}/{epochs}")
                 done = self.run_epoch(display.advance)
                 display.line(f"{self.algorithm.label} {stage}epoch {self.epoch}/{epochs}: {self.summary(done)}")
-        self.write_outputs(self.genotype(self.algorithm.conclude(self)))
+        self.write_outputs(self.genotype(self.conclude()))
         return self.record()
+
+    def conclude(self) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+        """The genotype derived once more with the data after the last epoch (``SearchAlgorithm.conclude``), or
+        None."""
+        return self.algorithm.conclude(self)
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.data.train) / self.config.batch_size)
