@@ -1,5 +1,6 @@
 """What the benchmarks share: the device, the authors' modules loaded from a checkout, the best of a few timed
-calls, seeded and synchronised steps, and one step's peak memory measured in a fresh process.
+calls, seeded and synchronised steps, one step's peak memory measured in a fresh process, and CIFAR-10 files of
+random images.
 
 Peak memory: a benchmark file runs itself as a script (its ``__main__`` builds one side's step from the
 command line and calls ``report_peak``); ``peak_memory`` starts that process and reads the figure back. The
@@ -11,6 +12,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import pickle
 import re
 import statistics
 import subprocess
@@ -20,6 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -125,3 +128,16 @@ def report_peak(step: Callable[[], object]) -> None:
         seeded(step, 0)
         peak = resident("VmHWM") - start
     print(json.dumps({"peak_bytes": peak}))
+
+
+def cifar_files(root: Path, images: int) -> Path:
+    """``root/cifar-10-batches-py`` of ``images`` random training images (and as many test images), in the
+    standard layout: what our loader reads, at a cost that does not depend on the pixels."""
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"labels": rng.integers(0, 10, images // 5).tolist(),
+                 "data": rng.integers(0, 256, (images // 5, 3072), dtype=np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return Path(root)

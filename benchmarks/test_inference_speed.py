@@ -4,6 +4,7 @@ The baseline is the network as the authors' code runs it: eager modules, batch n
 The fast path (``nas-zoo evaluate --fast``) folds batch norm into the convolutions and runs channels-last.
 Run: ``python -m pytest benchmarks/test_inference_speed.py``; each row's ``extra_info`` holds
 ``speedup`` (baseline time / fast time, measured in the same test) and the outputs' largest difference.
+It fails when the outputs differ by 1e-4 or more, or when the fast path is slower than the baseline.
 """
 
 import pytest
@@ -41,3 +42,4 @@ def test_fast_inference_throughput(benchmark, name):
                                 fast_images_per_s=64 / fast_time, max_abs_difference=difference)
     print(f"\n{name}: baseline {64 / baseline_time:.0f} img/s, fast {64 / fast_time:.0f} img/s, "
           f"speedup {baseline_time / fast_time:.2f}x")
+    assert baseline_time / fast_time >= 1.0, f"{name}: the fast path is slower than the eager baseline"

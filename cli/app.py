@@ -162,12 +162,14 @@ def main() -> None:
 
 
 def _register_commands() -> None:
-    from . import harness, hub
+    from . import harness, hub, report
 
     app.command("train")(harness.train_command)
     app.command("evaluate")(harness.evaluate_command)
     app.command("convert")(hub.convert_command)
     app.command("push")(hub.push_command)
+    app.command("plot")(report.plot_command)
+    app.command("report")(report.report_command)
 
 
 _register_commands()

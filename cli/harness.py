@@ -60,9 +60,17 @@ def train_command(
     layers: Optional[int] = _recipe("cells"),
     en_layers: Optional[int] = _recipe("the broad network's enhancement cells (bcnn)", "the paper's 2"),
     seed: Optional[int] = _recipe("random seed", "0"),
-    num_workers: Optional[int] = _recipe("data-loading worker processes", "2"),
+    num_workers: Optional[int] = _recipe("data-loading worker processes (--data-path torchvision)", "2"),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic", show_default="off",
                                                  help="deterministic algorithms: a resumed run repeats the losses"),
+    data_path: Optional[str] = _recipe("batched: CIFAR held and augmented on the training device; torchvision: "
+                                       "a DataLoader of per-image transforms", "batched for CIFAR"),
+    precision: Optional[str] = _recipe("auto, fp32, bf16 or fp16 (mixed precision; fp16 with loss scaling)",
+                                       "auto: bf16, or fp16 before Ampere, on GPUs; fp32 on CPU"),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", show_default="on GPUs",
+                                                 help="NHWC memory for the network and its inputs"),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", show_default="off",
+                                           help="torch.compile the network's parts between drop paths"),
     settings: List[str] = typer.Option([], "--set", help="FIELD=VALUE: a training field (rnn/train.py's for ptb/wt2)",
                                        show_default="none"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ...", show_default="cuda when available"),
@@ -72,13 +80,14 @@ def train_command(
 
     Image models take the flags below; language models (ptb, wt2) --epochs, --batch-size, --seed and rnn/train.py's
     fields by --set or --config. --resume continues with the run's saved settings; it may raise --epochs and
-    change --num-workers."""
+    change --num-workers and --compile."""
     set_threads(threads)
     flags = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lr_scheduler=lr_scheduler,
                  momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip, label_smooth=label_smooth,
                  auxiliary_weight=auxiliary_weight, drop_path_prob=drop_path_prob, cutout_length=cutout_length,
                  init_channels=init_channels, layers=layers, en_layers=en_layers, seed=seed, num_workers=num_workers,
-                 deterministic=deterministic)
+                 deterministic=deterministic, data_path=data_path, precision=precision, channels_last=channels_last,
+                 compile=compile)
     flags, settings = {k: v for k, v in flags.items() if v is not None}, parse_settings(settings)
     twice = sorted(set(flags) & set(settings))
     if twice:

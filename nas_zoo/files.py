@@ -2,6 +2,8 @@
 
 ``locked_output`` holds a run's folder for one process; ``atomic_directory`` and ``write_text_atomic`` fill a
 temporary sibling and rename it into place, so a run killed mid-write leaves the previous version intact.
+Pictures and pages (``nas-zoo plot``, ``nas-zoo report``) carry ``MARK`` near their start: ``write_ours`` and
+``ours_directory`` replace such outputs of an earlier run, and refuse anything else.
 """
 import fcntl
 import os
@@ -105,12 +107,55 @@ def atomic_directory(directory) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_text_atomic(path: Union[str, os.PathLike], text: str) -> None:
-    """Write ``text`` to a temp file beside ``path`` and rename it over ``path``: never a half-written file."""
+def write_bytes_atomic(path: Union[str, os.PathLike], data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path`` and rename it over ``path``: never a half-written file."""
     path = Path(path)
     tmp = temporary_sibling(path)
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Union[str, os.PathLike], text: str) -> None:
+    """``write_bytes_atomic`` of ``text`` in UTF-8."""
+    write_bytes_atomic(path, text.encode())
+
+
+#: what every picture and page nas-zoo writes holds in its first ``MARK_WITHIN`` bytes (a PNG's Software, an
+#: SVG's creator, an HTML page's generator, a Markdown comment)
+MARK, MARK_WITHIN = "made by nas-zoo", 4096
+
+
+def is_ours(path: Path) -> bool:
+    """Whether ``path`` is a file that holds ``MARK`` near its start: one that nas-zoo wrote."""
+    try:
+        with open(path, "rb") as f:
+            return MARK.encode() in f.read(MARK_WITHIN)
+    except OSError:
+        return False
+
+
+def write_ours(path: Union[str, os.PathLike], data: bytes) -> None:
+    """Write ``data`` (which holds ``MARK``) to ``path`` atomically, where there is nothing yet or an earlier
+    output of nas-zoo; any other file is the user's: refused (OutputError) and left as it is."""
+    path = Path(path)
+    if path.exists() and not is_ours(path):
+        raise OutputError(f"{path} exists and was not written by nas-zoo; it is left as it is: choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, data)
+
+
+@contextmanager
+def ours_directory(directory) -> Iterator[Path]:
+    """A temporary folder to fill, which then replaces ``directory`` whole (``atomic_directory``); ``directory``
+    must be absent, empty or hold outputs of nas-zoo only (``is_ours``), else it is refused and left as it is."""
+    directory = Path(directory)
+    with locked_output(directory):
+        if directory.exists() and (not directory.is_dir() or
+                                   not all(p.is_file() and is_ours(p) for p in directory.iterdir())):
+            raise OutputError(f"{directory} holds files nas-zoo did not write; it is left as it is: choose another "
+                              "--out")
+        with atomic_directory(directory) as tmp:
+            yield tmp

@@ -72,3 +72,23 @@ def write_tiny_cifar(directory: Path) -> Path:
         batch = {"batch_label": name, "labels": labels.tolist(), "data": data}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     return root
+
+
+TINY_IMAGENET_CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory):
+    """DATA/train/<class>/*.png: 4 classes of 40 random 16x16 images (the search crops them to 224)."""
+    import torch
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("imagenet")
+    generator = torch.Generator().manual_seed(0)
+    for c in range(TINY_IMAGENET_CLASSES):
+        folder = root / "train" / f"n0000000{c}"
+        folder.mkdir(parents=True)
+        for i in range(40):
+            pixels = torch.randint(0, 256, (16, 16, 3), generator=generator, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root

@@ -15,7 +15,6 @@ from nas_zoo.search.bilevel import BiLevel
 from nas_zoo.search.ednas import CellSample, input_pairs, log_prob, sample_cell
 
 from .test_search_cli import RECORD_FIELDS, search
-from .test_search_imagenet import tiny_imagenet  # noqa: F401 (a fixture)
 
 runner = CliRunner()
 FEW = ["--derive-samples", "6"]
@@ -216,7 +215,7 @@ def test_ednas_resume_continues_exactly(tiny_cifar, tmp_path, monkeypatch):
     assert (straight / "genotype.json").read_text() == (killed / "genotype.json").read_text()
 
 
-def test_ednas_imagenet_search_on_a_class_folder_dataset(tiny_imagenet, tmp_path):  # noqa: F811
+def test_ednas_imagenet_search_on_a_class_folder_dataset(tiny_imagenet, tmp_path):
     paper = with_defaults(Ednas(), SearchConfig(dataset="imagenet"))
     assert (paper.nodes, paper.init_channels, paper.batch_size, paper.epochs, paper.weight_decay, paper.nesterov,
             paper.grad_clip, paper.imagenet_sample) == (5, 48, 200, 50, 3e-5, False, 0.0, (0.8, 0.2))

@@ -16,23 +16,10 @@ from nas_zoo.search import PcDarts, SearchAlgorithm, SearchConfig, SearchNetwork
 from nas_zoo.search.bilevel import BiLevel
 from nas_zoo.search.data import imagenet_sample
 
+from .conftest import TINY_IMAGENET_CLASSES as CLASSES
+
 runner = CliRunner()
-CLASSES, PER_CLASS = 4, 40
 weights_lr = SearchAlgorithm().weights_lr  # the default schedule
-
-
-@pytest.fixture(scope="module")
-def tiny_imagenet(tmp_path_factory):
-    """DATA/train/<class>/*.png: 4 classes of 40 random 16x16 images (the search crops them to 224)."""
-    root = tmp_path_factory.mktemp("imagenet")
-    generator = torch.Generator().manual_seed(0)
-    for c in range(CLASSES):
-        folder = root / "train" / f"n0000000{c}"
-        folder.mkdir(parents=True)
-        for i in range(PER_CLASS):
-            pixels = torch.randint(0, 256, (16, 16, 3), generator=generator, dtype=torch.uint8).numpy()
-            Image.fromarray(pixels).save(folder / f"{i:03d}.png")
-    return root
 
 
 def test_the_sample_is_ten_and_two_and_a_half_percent_of_every_class(tiny_imagenet, tmp_path):

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from ..registry.genotype import Genotype
+from .data import CIFAR_LAYOUTS
+from .execution import PRECISIONS
 
 
 # A field's type -> the values it takes (an integer is a number) and their name in messages.
-TYPES = {int: int, Optional[int]: int, float: (int, float), str: str, bool: bool}
+TYPES = {int: int, Optional[int]: int, float: (int, float), str: str, bool: bool, Optional[bool]: bool}
 NAMES = {int: "an integer", (int, float): "a number", str: "a string", bool: "true or false"}
 
 
@@ -43,6 +45,10 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     deterministic: bool = False
+    data_path: str = "batched"  # CIFAR on the training device (harness/batched.py) | torchvision: a DataLoader
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (harness/execution.py); auto: bf16 or fp16 on GPUs
+    channels_last: Optional[bool] = None  # None: on GPUs
+    compile: bool = False  # torch.compile the network's parts between drop paths
 
     def __post_init__(self):
         for f in fields(self):  # a JSON file or a checkpoint can hold anything: "3", NaN, 1e400
@@ -55,6 +61,10 @@ class TrainConfig:
                 raise ValueError(f"{f.name} must be a finite number, got {value!r}")
         if self.lr_scheduler not in ("cosine", "step", "linear"):
             raise ValueError(f"lr_scheduler must be cosine, step or linear, got {self.lr_scheduler!r}")
+        if self.data_path not in ("batched", "torchvision"):
+            raise ValueError(f"data_path must be batched or torchvision, got {self.data_path!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("epochs", "batch_size", "init_channels", "layers", "decay_period", "en_layers"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -117,6 +127,7 @@ def paper_recipe(genotype: Genotype, family: str, dataset: str, network: str) ->
     imagenet = dataset in ("imagenet", "folder") and network.endswith("imagenet")
     base = dict(IMAGENET if imagenet else CIFAR)
     base.update(RECIPES.get(family, RECIPES["darts"])["imagenet" if imagenet else "cifar"])
+    base["data_path"] = "batched" if dataset in CIFAR_LAYOUTS else "torchvision"  # batched: CIFAR only
     setting = genotype.evaluation(dataset, network) or {}
     for key, field_name in (("C", "init_channels"), ("layers", "layers"), ("enhancement_layers", "en_layers"),
                             ("drop_path", "drop_path_prob"), ("auxiliary_weight", "auxiliary_weight")):

@@ -3,12 +3,13 @@
 A run owns a folder. ``Run.start`` holds it for this process (``files.locked_output``) and refuses one that
 holds another run unless told to resume. On ``resume`` it reads the last checkpoint back (a run killed before
 its first checkpoint starts again): the settings it was written with are compared with this run's (a change
-that would change the results is refused, naming it), the per-epoch records are restored and ``metrics.jsonl``
-is rewritten from them (a kill between the checkpoint and the metrics may have left it an epoch behind);
-``Run.load`` then puts the weights and the RNG streams back. ``Run.save`` ends an epoch: one atomic checkpoint
-(``checkpoint/``: the weights as safetensors, the rest as tensors and plain data) holding the caller's state,
-the settings, the RNG streams and the records, then ``metrics.jsonl``. ``Run.display`` is the one progress
-display: a bar over the whole run on stderr and one line per epoch that stays.
+that would change the results is refused, naming it) and the per-epoch records are restored. ``Run.load`` then
+puts the weights and the RNG streams back and rewrites ``metrics.jsonl`` from the records (a kill between the
+checkpoint and the metrics may have left it an epoch behind; a resume refused before it changes nothing).
+``Run.save`` ends an epoch: one atomic checkpoint (``checkpoint/``: the weights as safetensors, the rest as
+tensors and plain data) holding the caller's state, the settings, the RNG streams and the records, then
+``metrics.jsonl``. ``Run.display`` is the one progress display: a bar over the whole run on stderr and one
+line per epoch that stays.
 
 What differs between the loops (their model, optimizers, data order and what an epoch records) stays in them:
 ``harness.train``, ``language.lm`` and ``search.loop``.
@@ -96,7 +97,6 @@ class Run:
             raise ValueError(f"{self.checkpoint} was written by a run with other settings ({', '.join(changed)}), "
                              "which change its results; resume with the same settings or choose another --out")
         self.history = json.loads(state["run"]["history"])
-        self._write_metrics()
         return state
 
     def load(self, model: nn.Module, state: Mapping[str, Any]) -> None:
@@ -104,6 +104,7 @@ class Run:
         builds (which draws random numbers) is built, just before the first step."""
         load_weights(self.checkpoint, model)
         set_rng_state(state["run"]["rng"])
+        self._write_metrics()  # only now: a resume the caller refuses leaves the folder as it was
 
     def save(self, model: nn.Module, state: Mapping[str, Any], record: Optional[Mapping[str, Any]] = None) -> None:
         """End an epoch: its ``record`` joins the history; the checkpoint, then ``metrics.jsonl``, are rewritten."""

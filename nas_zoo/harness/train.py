@@ -25,7 +25,9 @@ from ..registry.summary import family
 from ..registry.zoo import NUM_CLASSES, data_config
 from ..resolver import resolve
 from .checkpoint import CheckpointError, find_checkpoint, load_state, load_weights
+from .batched import BatchedCifar
 from .data import IMAGE_SOURCES, DatasetError, DataSpec, build_dataset
+from .execution import Execution
 from .recipes import TrainConfig, paper_recipe, read_config_file
 from .run import Run, saved_settings, to_stderr
 
@@ -68,7 +70,7 @@ class Target:
 
 
 #: Settings a resumed run may change: they do not change what it computes (epochs only stretches the schedule).
-RESUMABLE = ("epochs", "num_workers")
+RESUMABLE = ("epochs", "num_workers", "compile")
 
 
 def device_for_run(name: Optional[str] = None) -> torch.device:
@@ -128,14 +130,16 @@ def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, gener
 
 
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device) -> Dict[str, float]:
-    """Top-1 / top-5 error (%) and mean cross-entropy of ``model`` over ``loader``."""
+def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device,
+                    execution: Optional[Execution] = None) -> Dict[str, float]:
+    """Top-1 / top-5 error (%) and mean cross-entropy of ``model`` over ``loader``, in a training run's
+    ``execution`` (its precision), else under autocast on GPUs."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     loss = correct1 = correct5 = total = 0.0
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        with execution.autocast() if execution else torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = model(images)
         loss += criterion(logits.float(), targets).item()
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -197,25 +201,28 @@ def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config:
     test_set = build_dataset(data, probe.pretrained_cfg, train=False)
     num_classes = len(train_set.classes) if data.dataset == "folder" else None
     model = target.build(config, num_classes) if num_classes else probe
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    execution = Execution(device, config.precision, config.channels_last, config.compile)
+    execution.prepare(model)
     optimizer = torch.optim.SGD(model.parameters(), config.learning_rate, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smooth)
     order = torch.Generator().manual_seed(config.seed)
     start = 0
     if state is not None:
         run.load(model, state)
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        execution.scaler.load_state_dict(state["scaler"])
         order.set_state(state["data_order"])
         start = state["epoch"]
         run.log(f"resumed from {run.checkpoint} at epoch {start}")
 
-    train_loader = make_loader(train_set, config.batch_size, True, config.num_workers, order)
-    test_loader = make_loader(test_set, config.batch_size, False, config.num_workers)
+    if config.data_path == "batched":
+        stats = probe.pretrained_cfg["mean"], probe.pretrained_cfg["std"]
+        train_loader = BatchedCifar(train_set, config.batch_size, device, *stats, order, config.cutout_length)
+        test_loader = BatchedCifar(test_set, config.batch_size, device, *stats)
+    else:
+        train_loader = make_loader(train_set, config.batch_size, True, config.num_workers, order)
+        test_loader = make_loader(test_set, config.batch_size, False, config.num_workers)
     with run.display(len(train_loader) * config.epochs, len(train_loader) * start) as display:
         for epoch in range(start, config.epochs):
             lr = config.lr_at(epoch)
@@ -224,10 +231,12 @@ def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config:
             model.drop_path_prob = config.drop_path_prob * epoch / config.epochs
             display.describe(f"epoch {epoch + 1}/{config.epochs}")
             metrics = dict(epoch=epoch + 1, lr=lr, drop_path_prob=model.drop_path_prob,
-                           threads=torch.get_num_threads(),
-                           **_train_epoch(model, train_loader, optimizer, scaler, criterion, config, device, epoch,
+                           threads=torch.get_num_threads(), precision=execution.precision,
+                           channels_last=execution.channels_last,
+                           **_train_epoch(model, train_loader, optimizer, execution, criterion, config, epoch,
                                           display),
-                           **{f"test_{k}": v for k, v in evaluate_loader(model, test_loader, device).items()})
+                           **{f"test_{k}": v
+                              for k, v in evaluate_loader(model, test_loader, device, execution).items()})
             if not math.isfinite(metrics["test_loss"]):
                 raise FloatingPointError(f"epoch {epoch}: the test loss became {metrics['test_loss']}; the "
                                          f"checkpoint after {epoch} epochs is kept; lower --learning-rate")
@@ -236,7 +245,8 @@ def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config:
                          f"({metrics['images_per_s']:.0f} img/s)")
             run.save(model, dict(
                 epoch=epoch + 1, config=config.to_dict(), optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict(), data_order=order.get_state(), genotype=target.genotype.to_dict(),
+                scaler=execution.scaler.state_dict(), data_order=order.get_state(),
+                genotype=target.genotype.to_dict(),
                 network=target.network, dataset=target.dataset, model=target.model_name or "",
                 num_classes=model.num_classes), metrics)
     return run.history
@@ -258,26 +268,16 @@ def _check_resume(state: Mapping[str, Any], target: Target, config: TrainConfig,
                 f"longer the same run as one trained for {saved['epochs']} epochs)")
 
 
-def _train_epoch(model, loader, optimizer, scaler, criterion, config: TrainConfig, device, epoch,
+def _train_epoch(model, loader, optimizer, execution: Execution, criterion, config: TrainConfig, epoch,
                  display) -> Dict[str, float]:
     model.train()
+    device = execution.device
     loss_sum = correct = seen = 0.0
     started = time.perf_counter()
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            logits, auxiliary = model.forward_train(images)
-            loss = criterion(logits, targets)
-            if auxiliary is not None:
-                loss = loss + config.auxiliary_weight * criterion(auxiliary, targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        loss, logits = execution.train_step(model, images, targets, optimizer, criterion, config.auxiliary_weight,
+                                            config.grad_clip)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"epoch {epoch + 1}: the training loss became {loss.item()}; "
                                      "lower --learning-rate")

@@ -95,6 +95,13 @@ class FactorizedReduce(nn.Module):
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
 
 
+def channels_last_safe(model: nn.Module) -> bool:
+    """False for networks so narrow that a factorized reduction's convolutions have fewer than 4 output
+    channels: torch's channels-last CPU convolution backward corrupts memory there (torch 2.14, seen with
+    ``--init-channels 4`` and PC-DARTS at 8), so those stay NCHW on the CPU (searches and training alike)."""
+    return all(m.conv_1.out_channels >= 4 for m in model.modules() if isinstance(m, FactorizedReduce))
+
+
 def _pool(pool: nn.Module, C: int, pool_bn: bool) -> nn.Module:
     # GDAS follows each pooling edge with a BatchNorm without affine parameters (running stats only).
     return nn.Sequential(pool, nn.BatchNorm2d(C, affine=False)) if pool_bn else pool

@@ -8,7 +8,7 @@ from ..models.flops import count_flops
 from ..models.networks import NETWORK_DEFAULTS, build_network
 from ..models.rnn import MODEL_FIELDS, RNNModel, paper_setting
 from .genotype import TEXT_DATASETS, AnyGenotype, RecurrentGenotype, thaw
-from .zoo import DATASET_TAGS, LM_MODELS, MODELS, NUM_CLASSES
+from .zoo import DATASET_TAGS, LM_MODELS, MODELS, NUM_CLASSES, WEIGHTS
 
 TEST_ERROR_KEYS = ("test_error", "top1_error")
 FAMILIES = ("darts", "gdas", "pdarts", "pc_darts", "ednas", "bnasv2")  # the paper files (genotypes/*.json)
@@ -25,8 +25,9 @@ def count_params(model) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if "auxiliary" not in name)
 
 
-def _reported_error(reported) -> Optional[float]:
-    return next((reported[k] for k in TEST_ERROR_KEYS if k in reported), None)
+def reported_error(reported) -> Optional[float]:
+    """The reported test (CIFAR) or top-1 (ImageNet) error, if the paper gives one."""
+    return next((reported[k] for k in TEST_ERROR_KEYS if k in (reported or {})), None)
 
 
 def search_cost(reported) -> Optional[float]:
@@ -50,8 +51,9 @@ def zoo_rows(family_name: Optional[str] = None, dataset: Optional[str] = None) -
                 family=family(spec.genotype), paper=spec.genotype.paper.get("title"), task="cnn",
                 dataset=evaluation["dataset"], network=spec.network, C=spec.C, layers=spec.layers,
                 params=count_params(model), reported_params_M=reported.get("params_M"),
-                reported_error=_reported_error(reported), search_cost_gpu_days=search_cost(reported),
-                search_gpu=reported.get("search_gpu")))
+                reported_error=reported_error(reported), search_cost_gpu_days=search_cost(reported),
+                search_gpu=reported.get("search_gpu"), reported=thaw(reported),
+                published=WEIGHTS[f"{spec.name}.{DATASET_TAGS[evaluation['dataset']]}"].published))
     return rows
 
 

@@ -247,6 +247,13 @@ class SearchAlgorithm:
                  for t in model.cell_types}
         return cell_fields(cells, model.nodes), {}
 
+    def operation_weights(self, model: Supernet) -> Dict[str, List[List[float]]]:
+        """Per searched cell type, each edge's weights over its candidates, as the record keeps them every epoch
+        (the report's heat maps): softmax(alpha), to 4 decimals: DARTS eq. 2's mixing weights, the distribution of
+        GDAS's hard sample (Gumbel-max), PC-DARTS's weights before its edge normalisation, EDNAS's operation policy."""
+        return {t: [[round(w, 4) for w in row] for row in model.arch.alphas[t].detach().softmax(-1).cpu().tolist()]
+                for t in model.cell_types}
+
     def conclude(self, run: "Search") -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
         """The final genotype when the algorithm derives it with data after the last epoch (EDNAS keeps the
         best of sampled children on the architecture part), as ``derive`` returns it; None: the last

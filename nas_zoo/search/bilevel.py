@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.ops import FactorizedReduce
+from ..models.ops import channels_last_safe
 
 if TYPE_CHECKING:
     from .algorithm import SearchAlgorithm, SearchConfig
@@ -35,13 +35,6 @@ def frozen(params: Iterable[nn.Parameter]):
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
     return (logits.argmax(-1) == target).float().mean().item() * 100
-
-
-def channels_last_safe(model: nn.Module) -> bool:
-    """False for supernets so narrow that a factorized reduction's convolutions have fewer than 4 output
-    channels: torch's channels-last CPU convolution backward corrupts memory there (torch 2.14, seen with
-    ``--init-channels 4`` and PC-DARTS at 8), so those stay NCHW."""
-    return all(m.conv_1.out_channels >= 4 for m in model.modules() if isinstance(m, FactorizedReduce))
 
 
 class BiLevel:

@@ -152,7 +152,7 @@ class Search:
         cells = {k: v for k, v in genotype.to_dict().items() if k in ("normal", "reduce", "recurrent")}
         self.save_checkpoint({"stage": self.stage, "epoch": epoch, "lr": lr, **notes,
                               **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
-                              "genotype": cells})
+                              "genotype": cells, "operation_weights": self.algorithm.operation_weights(self.model)})
         self.write_outputs(genotype)
         return self.history[-1]
 
