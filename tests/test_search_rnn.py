@@ -12,10 +12,10 @@ from torch.func import functional_call
 from typer.testing import CliRunner
 
 from nas_zoo.cli.app import app
+from nas_zoo.harness import run as run_module
 from nas_zoo.language.corpus import load_corpus
 from nas_zoo.registry.genotype import RecurrentGenotype, load_genotype
 from nas_zoo.search import Darts, Gdas, LanguageSearch, RecurrentSupernet, SearchConfig
-from nas_zoo.search import loop as loop_module
 from nas_zoo.search.algorithm import PTB_DEFAULTS, strongest_predecessors
 from nas_zoo.search.darts import unrolled_gradient
 from nas_zoo.search.recurrent import RNN_PRIMITIVES, Window
@@ -191,15 +191,15 @@ def test_searched_recurrent_genotype_trains(tmp_path):
 def test_ptb_search_resume_continues_exactly(tmp_path, monkeypatch, algorithm):
     data, straight, killed = _write_corpus(tmp_path / "ptb"), tmp_path / "straight", tmp_path / "killed"
     assert search(algorithm, data, straight).exit_code == 0
-    save = loop_module.save_checkpoint
+    save = run_module.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         save(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(run_module, "save_checkpoint", save_then_die)
     assert search(algorithm, data, killed).exit_code == 130
-    monkeypatch.setattr(loop_module, "save_checkpoint", save)
+    monkeypatch.setattr(run_module, "save_checkpoint", save)
     result = search(algorithm, data, killed, "--resume")
     assert result.exit_code == 0, result.output
     a, b = (json.loads((out / "search.json").read_text()) for out in (straight, killed))

@@ -35,12 +35,20 @@ import torch
 
 from ..language.corpus import batchify, get_batch
 from .ednas import Policies, sample_cell
-from .recurrent import RNN_PRIMITIVES, STEPS, LanguageSearch, RecurrentSupernet, Window, window_length
+from .recurrent import RNN_PRIMITIVES, STEPS, LanguageSearch, RecurrentSupernet, Window, perplexity, window_length
 from .supernet import Mix
 
 #: the authors' ``genotypes.PRIMITIVES``: the DARTS recurrent operations without ``none``
 STEP_OPERATIONS = [p for p in RNN_PRIMITIVES if p != "none"]
 REWARD_SCALE = 80.0  # reward = 80 / perplexity (architect.reward_c, as ENAS)
+
+
+MAX_LOSS = 709.0  # the largest loss whose perplexity a float holds; above it (or NaN) a child has diverged
+
+
+def reward(loss: Optional[float]) -> float:
+    """80 / perplexity; 0 for a child that diverged (``loss`` None)."""
+    return 0.0 if loss is None else REWARD_SCALE * math.exp(-loss)
 
 
 def edge(step: int, predecessor: int) -> int:
@@ -140,33 +148,51 @@ class EdnasLanguageSearch(LanguageSearch):
                 model.child = self.sample()
             losses.append(self.bilevel.weights_step(window)[0])
         loss = sum(losses) / len(losses)
-        valid = self.policy_pass()
-        return {"train_loss": loss, "train_ppl": math.exp(loss), "valid_loss": valid, "valid_ppl": math.exp(valid),
-                "reward_baseline": model.baseline.item(), "policy_entropy": method.entropies(model)}
+        valid, diverged = self.policy_pass(epoch)
+        return {"train_loss": loss, "train_ppl": perplexity(loss), "valid_loss": valid, "valid_ppl": perplexity(valid),
+                "diverged_windows": diverged, "reward_baseline": model.baseline.item(),
+                "policy_entropy": method.entropies(model)}
 
-    def policy_pass(self) -> float:
+    @torch.no_grad()
+    def child_loss(self, window: Window) -> Optional[float]:
+        """The current child's loss on ``window`` (eval mode), or None if it diverged: its state is then not
+        carried on (``next_hidden`` None: the next window starts from zeros), so one child does not spoil the
+        rewards of the next ones. In eval mode the batch norms use running statistics gathered over other
+        children, and a child's states can outgrow them."""
+        loss = self.bilevel.loss(window).item()
+        if loss <= MAX_LOSS and bool(window.next_hidden.isfinite().all()):
+            return loss
+        window.next_hidden = None
+        return None
+
+    def policy_pass(self, epoch: int) -> Tuple[float, int]:
         """``train_arch``, in eval mode: per validation window a new child, its reward, one REINFORCE step;
-        returns the children's mean loss per token."""
+        returns the children's mean loss per token and the number of windows on which they diverged
+        (``child_loss``; left out of the mean, reward 0)."""
         model, search, method, cfg = self.model, self.bilevel, self.algorithm, self.config
         model.eval()
         data, hidden, i = self.policy_data, None, 0
-        total = tokens = 0.0
+        total = tokens = diverged = 0
         while i < data.size(0) - 2:
             window = Window(*get_batch(data, i, cfg.bptt), hidden)
             model.child = self.sample()
-            with torch.no_grad():
-                loss = search.loss(window).item()
-            policy_loss = method.policy_loss(model, model.child, REWARD_SCALE / math.exp(loss))  # moves the baseline
+            loss = self.child_loss(window)
+            policy_loss = method.policy_loss(model, model.child, reward(loss))  # moves the baseline
             if not method.authors_code:
                 search.arch_step(search.grad(policy_loss, search.alphas))
             else:  # the released code runs the window once more, from the state the first run left
                 window = Window(window.inputs, window.targets, window.next_hidden)
-                with torch.no_grad():
-                    loss = search.loss(window).item()
+                loss = self.child_loss(window)
             hidden = window.next_hidden
-            total, tokens = total + loss * window.inputs.numel(), tokens + window.inputs.numel()
+            if loss is None:
+                diverged += 1
+            else:
+                total, tokens = total + loss * window.inputs.numel(), tokens + window.inputs.numel()
             i += window_length(cfg.bptt) if method.authors_code else cfg.bptt
-        return total / tokens
+        if not tokens:
+            raise ValueError(f"epoch {epoch + 1}: every child diverged on the validation split (their states outgrew "
+                             "the batch norms' running statistics); the last checkpoint is kept")
+        return total / tokens, diverged
 
     def derive(self) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """The policies' most likely child: each step's likeliest predecessor and, on it, operation."""
@@ -178,27 +204,28 @@ class EdnasLanguageSearch(LanguageSearch):
     def fields(self, child: StepSample) -> Dict[str, Any]:
         return {"recurrent": child.steps(self.model.candidates["recurrent"]), "concat": list(range(1, STEPS + 1))}
 
-    @torch.no_grad()
     def conclude(self):
         """``best_arch_search``: ``derive_samples`` children, each scored in eval mode on the next
         ``derive_batches`` windows of the validation split (at half the batch size), the state carried from
-        child to child; the first of the best rewards is the genotype. All go to the record."""
-        model, method, cfg, data = self.model, self.algorithm, self.config, self.scoring_data
-        model.eval()
+        child to child; the first of the best rewards is the genotype (a child that diverges scores 0 and has
+        no perplexity). All go to the record."""
+        method, cfg, data = self.algorithm, self.config, self.scoring_data
+        self.model.eval()
         hidden, i, children, samples = None, 0, [], []
         for _ in range(method.derive_samples):
-            model.child = self.sample()
-            total = tokens = 0.0
+            self.model.child = self.sample()
+            total, tokens = 0.0, 0
             for _ in range(method.derive_batches):
                 window = Window(*get_batch(data, i, cfg.bptt), hidden)
-                total += self.bilevel.loss(window).item() * window.inputs.numel()
+                loss = self.child_loss(window)
+                total = None if loss is None or total is None else total + loss * window.inputs.numel()
                 tokens += window.inputs.numel()
                 hidden, i = window.next_hidden, i + cfg.bptt
                 if i >= data.size(0) - 2:
                     i = 0
-            ppl = math.exp(total / tokens)
-            children.append(model.child["recurrent"])
-            samples.append({**self.fields(children[-1]), "valid_ppl": round(ppl, 4),
-                            "reward": round(REWARD_SCALE / ppl, 6)})
+            loss = None if total is None else total / tokens
+            children.append(self.model.child["recurrent"])
+            ppl = None if loss is None else round(perplexity(loss), 4)
+            samples.append({**self.fields(children[-1]), "valid_ppl": ppl, "reward": round(reward(loss), 6)})
         best = max(range(len(samples)), key=lambda k: (samples[k]["reward"], -k))
         return self.fields(children[best]), {"derived_samples": samples, "derived_best": best}

@@ -196,7 +196,7 @@ class LanguageBiLevel(BiLevel):
         window.next_hidden = outputs[-1].detach()
         nn.utils.clip_grad_norm_(self.weights, self.config.grad_clip)
         self.w_optimizer.step()
-        return raw_loss.item(), math.exp(raw_loss.item())
+        return raw_loss.item(), perplexity(raw_loss.item())
 
 
 @dataclass
@@ -208,6 +208,11 @@ class CorpusData:
     train: torch.Tensor
     search: torch.Tensor
     valid: torch.Tensor
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), inf where that overflows a float (a diverged model) rather than an error."""
+    return math.inf if loss > 709 else math.exp(loss)
 
 
 def window_length(bptt: int) -> int:
@@ -273,11 +278,11 @@ class LanguageSearch(Search):
             losses.append(self.bilevel.step(train, valid)[0])
             arch_hidden = arch_hidden if valid is None else valid.next_hidden
         loss = sum(losses) / len(losses)
-        return {"train_loss": loss, "train_ppl": math.exp(loss), **self.validate()}
+        return {"train_loss": loss, "train_ppl": perplexity(loss), **self.validate()}
 
     def validate(self) -> Dict[str, float]:
         loss, _ = evaluate(self.model, self.data.valid, self.config.bptt)
-        return {"valid_loss": loss, "valid_ppl": math.exp(loss)}
+        return {"valid_loss": loss, "valid_ppl": perplexity(loss)}
 
     @staticmethod
     def summary(stats: Dict[str, Any]) -> str:
