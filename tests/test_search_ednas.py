@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from nas_zoo.cli.app import app
 from nas_zoo.registry.genotype import load_genotype
 from nas_zoo.search import Ednas, SearchConfig, with_defaults
-from nas_zoo.search import loop as loop_module
+from nas_zoo.harness import run as run_module
 from nas_zoo.search.bilevel import BiLevel
 from nas_zoo.search.ednas import CellSample, input_pairs, log_prob, sample_cell
 
@@ -195,15 +195,15 @@ def test_a_child_runs_for_child_steps_weights_steps(tiny_cifar, tmp_path, monkey
 def test_ednas_resume_continues_exactly(tiny_cifar, tmp_path, monkeypatch):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert search("ednas", tiny_cifar, straight, *FEW).exit_code == 0
-    save = loop_module.save_checkpoint
+    save = run_module.save_checkpoint
 
     def save_then_die(*args, **kwargs):  # killed right after the first epoch's checkpoint
         save(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(run_module, "save_checkpoint", save_then_die)
     assert search("ednas", tiny_cifar, killed, *FEW).exit_code == 130
-    monkeypatch.setattr(loop_module, "save_checkpoint", save)
+    monkeypatch.setattr(run_module, "save_checkpoint", save)
     assert search("ednas", tiny_cifar, killed, *FEW, "--resume").exit_code == 0
     a, b = (json.loads((out / "search.json").read_text()) for out in (straight, killed))
     for record in (a, b):  # all but the timings

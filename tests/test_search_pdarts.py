@@ -14,7 +14,7 @@ from nas_zoo.cli.app import app
 from nas_zoo.registry.genotype import load_genotype
 from nas_zoo.models.ops import PRIMITIVES
 from nas_zoo.search import Pdarts, Search, SearchConfig, with_defaults
-from nas_zoo.search import loop as loop_module
+from nas_zoo.harness import run as run_module
 from nas_zoo.search.algorithm import SearchAlgorithm
 from nas_zoo.search.supernet import MixedEdge
 
@@ -158,7 +158,7 @@ def test_pdarts_searches_in_stages_and_resumes_mid_stage_exactly(tiny_cifar, tmp
     assert sum(op == "skip_connect" for op, _ in genotype.normal) <= 2
     assert genotype.name == "PDARTS_CIFAR10_SEED2" and len(record["architecture"]["alphas.normal"][0]) == 3
 
-    save, saves = loop_module.save_checkpoint, []
+    save, saves = run_module.save_checkpoint, []
 
     def die_mid_stage(*args, **kwargs):  # killed right after stage 2's first epoch is saved
         save(*args, **kwargs)
@@ -166,9 +166,9 @@ def test_pdarts_searches_in_stages_and_resumes_mid_stage_exactly(tiny_cifar, tmp
         if len(saves) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop_module, "save_checkpoint", die_mid_stage)
+    monkeypatch.setattr(run_module, "save_checkpoint", die_mid_stage)
     assert _search(tiny_cifar, killed).exit_code == 130
-    monkeypatch.setattr(loop_module, "save_checkpoint", save)
+    monkeypatch.setattr(run_module, "save_checkpoint", save)
     assert len(json.loads((killed / "search.json").read_text())["epochs"]) == 2  # written before the kill
     result = _search(tiny_cifar, killed, "--resume")
     assert result.exit_code == 0, result.output
