@@ -138,25 +138,23 @@ def test_policy_gradient_is_the_analytic_reinforce_gradient():
 
 def test_reinforce_estimates_the_gradient_of_the_expected_reward():
     """Over many children, the mean of (r(child) - b) grad log p(child) is grad E[r]: E[r] summed exactly over
-    all 384 children of a 3-step cell (2 x 3 predecessor choices, 4 operations per step), fixed rewards."""
+    all 32 children of a 2-step cell (2 predecessors for step 1, 4 operations per step), fixed rewards."""
     torch.manual_seed(0)
-    policy = {"alphas": torch.randn(6, 4, requires_grad=True), "inputs1": torch.randn(2, requires_grad=True),
-              "inputs2": torch.randn(3, requires_grad=True)}
-    children = [StepSample(inputs, ops) for inputs in itertools.product(range(2), range(3))
-                for ops in itertools.product(range(4), repeat=3)]
+    policy = {"alphas": torch.randn(3, 4, requires_grad=True), "inputs1": torch.randn(2, requires_grad=True)}
+    children = [StepSample((j,), ops) for j in range(2) for ops in itertools.product(range(4), repeat=2)]
     rewards = dict(zip(children, torch.rand(len(children)).tolist()))
     expected = sum(log_prob(policy, c).exp() * rewards[c] for c in children)
     assert sum(log_prob(policy, c).exp() for c in children).item() == pytest.approx(1.0)  # a distribution
     exact = torch.autograd.grad(expected, list(policy.values()))
-    n, counts = 20_000, {}
+    n, counts = 5_000, {}
     for _ in range(n):
-        c = sample_cell(policy, 3, StepSample)
+        c = sample_cell(policy, 2, StepSample)
         counts[c] = counts.get(c, 0) + 1
     baseline = expected.item()
-    estimate = torch.autograd.grad(sum(k * (rewards[c] - baseline) * log_prob(policy, c) for c, k in counts.items()) / n,
-                                   list(policy.values()))
+    surrogate = sum(k * (rewards[c] - baseline) * log_prob(policy, c) for c, k in counts.items()) / n
+    estimate = torch.autograd.grad(surrogate, list(policy.values()))
     exact, estimate = torch.cat([g.flatten() for g in exact]), torch.cat([g.flatten() for g in estimate])
-    assert (estimate - exact).norm() < 0.1 * exact.norm()
+    assert (estimate - exact).norm() < 0.15 * exact.norm()  # 0.02-0.07 with 10,000 children, 4 seeds
 
 
 def test_sampling_follows_the_seed_and_the_policy():
@@ -202,7 +200,8 @@ def test_ednas_ptb_search_writes_its_record_and_the_genotype_trains(tmp_path):
     assert record["epochs"][-1]["genotype"]["recurrent"] == StepSample(inputs, tuple(ops)).steps([STEP_OPERATIONS] * 36)
     samples, best = record["derived_samples"], record["derived_best"]
     assert len(samples) == 6 and samples[best]["reward"] == max(s["reward"] for s in samples)
-    assert all(s["reward"] == pytest.approx(REWARD_SCALE / s["valid_ppl"], rel=1e-4) for s in samples)
+    assert all(s["reward"] == (0 if s["valid_ppl"] is None else pytest.approx(REWARD_SCALE / s["valid_ppl"], rel=1e-4))
+               for s in samples)  # a child whose state diverged scores 0
     genotype = load_genotype(out / "genotype.json")
     assert isinstance(genotype, RecurrentGenotype) and genotype.name == "EDNAS_PTB_SEED2"
     assert [list(s) for s in genotype.recurrent] == samples[best]["recurrent"]
