@@ -117,7 +117,9 @@ class RecurrentSearchCell(nn.Module):
         """A state's additions to the sums of the n steps it feeds, sum_op w_op (s + sigmoid(c) (op(g) - s)),
         as W s + sigmoid(c) (sum_op w_op op(g) - W s): s (B, 1, H), c and g (B, n, H), the weights w
         (ops, n, 1) and their sum W (n, 1)."""
-        mixed = sum(w_op * act(g) for w_op, act in zip(w, self.activations))
+        mixed = w[0] * self.activations[0](g)
+        for w_op, act in zip(w[1:], self.activations[1:]):  # one fused multiply-add per operation
+            mixed = torch.addcmul(mixed, w_op, act(g))
         return torch.lerp(total * s, mixed, c.sigmoid())
 
     def child_step(self, mix: Mix, h_mask: Optional[torch.Tensor]):
