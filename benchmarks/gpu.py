@@ -37,10 +37,10 @@ from torch import nn
 import nas_zoo
 from nas_zoo.files import write_text_atomic
 from nas_zoo.harness.batched import BatchedCifar
-from nas_zoo.harness.data import CifarPickles, cifar_transforms
+from nas_zoo.harness.data import CifarPickles, cifar_transforms, epoch_loader
 from nas_zoo.harness.evaluate import measure_speed
 from nas_zoo.harness.execution import Execution, compile_parts
-from nas_zoo.harness.train import Target, make_loader
+from nas_zoo.harness.train import Target
 from nas_zoo.registry.zoo import DATASET_STATS
 from nas_zoo.threads import AUTO, set_threads
 
@@ -114,7 +114,7 @@ def data_path_figures(args, folder: Path) -> Dict[str, Any]:
                          cifar_transforms(mean, std, train=True, cutout=16))
     batched = BatchedCifar(split, args.batch, device, mean, std, torch.Generator().manual_seed(0), 16)
     workers = min(8, os.cpu_count() or 1) if not args.tiny else 0
-    loader = make_loader(split, args.batch, True, workers, torch.Generator().manual_seed(0))
+    loader = epoch_loader(split, args.batch, 0, 0, True, workers)
 
     def epoch(source):
         for x, y in source:

@@ -15,8 +15,7 @@ import torch
 
 from measure import best_time, cifar_files
 from nas_zoo.harness.batched import BatchedCifar
-from nas_zoo.harness.data import CifarPickles, cifar_transforms
-from nas_zoo.harness.train import make_loader
+from nas_zoo.harness.data import CifarPickles, cifar_transforms, epoch_loader
 from nas_zoo.registry.zoo import DATASET_STATS
 from nas_zoo.threads import AUTO, set_threads
 
@@ -36,8 +35,7 @@ def test_batched_against_the_dataloader(benchmark, tmp_path):
     assert epoch(batched) == IMAGES
     loader_rates = {}
     for workers in (0, 2):
-        loader = make_loader(split, BATCH, True, workers, torch.Generator().manual_seed(0))
-        loader_rates[workers] = IMAGES / best_time(lambda: epoch(loader))
+        loader_rates[workers] = IMAGES / best_time(lambda: epoch(epoch_loader(split, BATCH, 0, 0, True, workers)))
     benchmark.pedantic(epoch, args=(batched,), rounds=3, iterations=1, warmup_rounds=1)
     batched_rate = IMAGES / benchmark.stats.stats.min
     workers, loader_rate = max(loader_rates.items(), key=lambda item: item[1])

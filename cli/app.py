@@ -7,6 +7,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from nas_zoo.harness import distributed
 from nas_zoo.registry.genotype import DATASETS, RecurrentGenotype
 from nas_zoo.resolver import resolve
 from nas_zoo.registry.summary import FAMILIES, genotype_info, language_model_rows, search_cost, zoo_rows
@@ -158,7 +159,12 @@ app.add_typer(search_app, name="search")
 
 
 def main() -> None:
-    app()
+    if distributed.launched():  # an unexpected error's traceback goes to torchrun's summary of the failure
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        record(app)()
+    else:
+        app()
 
 
 def _register_commands() -> None:

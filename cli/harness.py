@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from nas_zoo.harness import distributed
 from nas_zoo.harness.data import IMAGE_SOURCES, MissingDataError
 from nas_zoo.harness.evaluate import evaluate_named
 from nas_zoo.registry.genotype import TEXT_DATASETS
@@ -46,8 +47,8 @@ def train_command(
     download: bool = typer.Option(False, help="download CIFAR into --data-dir with torchvision first"),
     config: Optional[Path] = typer.Option(None, help="JSON file of training fields to override", show_default="none"),
     epochs: Optional[int] = _recipe("training epochs"),
-    batch_size: Optional[int] = _recipe("batch size"),
-    learning_rate: Optional[float] = _recipe("initial learning rate (SGD)"),
+    batch_size: Optional[int] = _recipe("batch size; under torchrun the global batch, split over the processes"),
+    learning_rate: Optional[float] = _recipe("initial learning rate (SGD), for the global batch"),
     lr_scheduler: Optional[str] = _recipe("cosine, step (x0.97 per epoch) or linear"),
     momentum: Optional[float] = _recipe("SGD momentum"),
     weight_decay: Optional[float] = _recipe("weight decay"),
@@ -71,6 +72,9 @@ def train_command(
                                                  help="NHWC memory for the network and its inputs"),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", show_default="off",
                                            help="torch.compile the network's parts between drop paths"),
+    sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn", show_default="off",
+                                           help="under torchrun: batch norm over the whole batch, not each process's "
+                                                "share"),
     settings: List[str] = typer.Option([], "--set", help="FIELD=VALUE: a training field (rnn/train.py's for ptb/wt2)",
                                        show_default="none"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ...", show_default="cuda when available"),
@@ -80,14 +84,18 @@ def train_command(
 
     Image models take the flags below; language models (ptb, wt2) --epochs, --batch-size, --seed and rnn/train.py's
     fields by --set or --config. --resume continues with the run's saved settings; it may raise --epochs and
-    change --num-workers and --compile."""
+    change --num-workers and --compile.
+
+    Several processes: torchrun --nproc-per-node N -m nas_zoo.cli train ... (README, Several processes).
+    --batch-size stays the global batch, split over the N processes, so the paper's --learning-rate applies
+    as it is; to train with a larger global batch, scale the learning rate with it (linear scaling)."""
     set_threads(threads)
     flags = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lr_scheduler=lr_scheduler,
                  momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip, label_smooth=label_smooth,
                  auxiliary_weight=auxiliary_weight, drop_path_prob=drop_path_prob, cutout_length=cutout_length,
                  init_channels=init_channels, layers=layers, en_layers=en_layers, seed=seed, num_workers=num_workers,
                  deterministic=deterministic, data_path=data_path, precision=precision, channels_last=channels_last,
-                 compile=compile)
+                 compile=compile, sync_bn=sync_bn)
     flags, settings = {k: v for k, v in flags.items() if v is not None}, parse_settings(settings)
     twice = sorted(set(flags) & set(settings))
     if twice:
@@ -126,6 +134,8 @@ def evaluate_command(
     with library_errors():
         result = evaluate_named(name, dataset, data_dir, checkpoint, pretrained, accuracy, speed, fast, batch_size,
                                 num_workers, device)
+    if not distributed.is_main():  # under torchrun every rank has the result; rank 0 reports it
+        return
     if dataset in TEXT_DATASETS:  # no table for perplexities: JSON, on standard output by default
         _write_result(result, json_path or "-")
         return

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nas_zoo.harness.checkpoint import CheckpointError
+from nas_zoo.harness import distributed
 
 from nas_zoo.files import OutputError
 from nas_zoo.registry.genotype import UnknownNameError
@@ -22,7 +23,11 @@ console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ e
 
 
 def fail(message: str) -> "typer.Exit":
-    """Print a one-line error to stderr; the caller raises the returned Exit (status 2)."""
+    """Print a one-line error to stderr (under torchrun, naming the rank after the first); the caller raises the
+    returned Exit (status 2)."""
+    if distributed.rank() > 0:
+        message = f"rank {distributed.rank()}: {message}"
+    distributed.report(f"error: {message}")
     stderr = Console(stderr=True)
     stderr.print("[bold red]error:[/] ", end="", highlight=False)
     stderr.print(message, markup=False, highlight=False, soft_wrap=True)  # brackets in messages stay
@@ -32,13 +37,22 @@ def fail(message: str) -> "typer.Exit":
 @contextlib.contextmanager
 def library_errors(out: Optional[Path] = None):
     """The library's errors (bad input of any kind) as one line on stderr and exit status 2; other
-    exceptions are bugs and keep their traceback."""
+    exceptions are bugs and keep their traceback. Under torchrun, a rank that stopped because rank 0 failed
+    exits with status 2 quietly (rank 0 prints the error), and one that lost another rank says so in one line."""
     try:
         yield
+    except distributed.Stopped:  # rank 0 failed and said why
+        raise typer.Exit(2) from None
     except (ValueError, UnknownNameError, CheckpointError, OutputError, FloatingPointError, PermissionError) as e:
         raise fail(str(e)) from None
     except OSError as e:  # a folder that cannot be written, a disk that is full
         raise fail(f"{e.filename or out}: {e.strerror}") from None
+    except RuntimeError as e:
+        reason = distributed.lost(e)
+        if reason is None:
+            raise
+        raise fail(f"another process is gone ({reason}); torchrun's summary names the one that failed first (a run "
+                   "continues from its last checkpoint with --resume)") from None
 
 
 THREADS_HELP = f"PyTorch's CPU threads; {AUTO}: one per core idle at start (README, Threads)"

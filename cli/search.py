@@ -88,13 +88,15 @@ def _loop_options(algorithm: Type[SearchAlgorithm], stages: bool) -> list:
                                           + (" / train (imagenet)" if algorithm.imagenet else "")
                                           + (" / the ptb files" if algorithm.ptb is not None else ""), Path),
         paper("epochs", f"search epochs{per_stage}"),
-        paper("batch_size", "batch size of the weights' and alpha's steps"),
+        paper("batch_size", "batch size of the weights' and alpha's steps; under torchrun the global batch, split "
+                            "over the processes"),
         paper("init_channels", "supernet width C"),
         paper("layers", "supernet cells (reductions at 1/3 and 2/3)"),
         _option("seed", 2, "random seed", int),
         paper("arch_warmup", f"epochs{per_stage} before alpha is updated"),
         _option("num_workers", 2, "data-loading worker processes", int),
         _option("channels_last", True, "activations in NHWC (same math; faster on CPU)", bool),
+        _option("sync_bn", False, "under torchrun: batch norm over the whole batch, not each process's share", bool),
         _option("device", None, "cpu, cuda, cuda:1 ... (default: cuda when available)", Optional[str]),
         *text,
         _option("resume", False, "continue from OUT/checkpoint", bool),

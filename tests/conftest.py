@@ -54,9 +54,9 @@ def tiny_cifar(tmp_path) -> Path:
     return write_tiny_cifar(tmp_path)
 
 
-def write_tiny_cifar(directory: Path) -> Path:
-    """A CIFAR-10 folder in the standard python layout: 5 train batches and a test batch of 16 images each,
-    random pixels but for the red channel, which encodes the label (something to learn)."""
+def write_tiny_cifar(directory: Path, images: int = 16) -> Path:
+    """A CIFAR-10 folder in the standard python layout: 5 train batches and a test batch of ``images`` images
+    each, random pixels but for the red channel, which encodes the label (something to learn)."""
     import pickle
 
     import numpy as np
@@ -66,8 +66,8 @@ def write_tiny_cifar(directory: Path) -> Path:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        labels = rng.integers(0, 10, 16)
-        data = rng.integers(0, 256, (16, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, images)
+        data = rng.integers(0, 256, (images, 3072), dtype=np.uint8)
         data[:, :1024] = (labels[:, None] * 25).astype(np.uint8)
         batch = {"batch_label": name, "labels": labels.tolist(), "data": data}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))

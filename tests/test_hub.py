@@ -133,8 +133,8 @@ def test_push_pull_evaluate_round_trip(loopback_hub, tmp_path):
 def test_train_push_pull_evaluate_through_the_loopback_hub(loopback_hub, tmp_path, tiny_cifar):
     """A run of `nas-zoo train`, evaluated, pushed with its evaluation, pulled by repository and evaluated
     again with the pulled data config: the same figures."""
-    from nas_zoo.harness.data import DataSpec, build_dataset
-    from nas_zoo.harness.train import evaluate_loader, make_loader
+    from nas_zoo.harness.data import DataSpec, build_dataset, epoch_loader
+    from nas_zoo.harness.train import evaluate_loader
     from tests.test_harness import tiny
 
     data = tiny_cifar
@@ -154,7 +154,7 @@ def test_train_push_pull_evaluate_through_the_loopback_hub(loopback_hub, tmp_pat
 
     pulled = timm.create_model("hf-hub:me/run", pretrained=True)
     test_set = build_dataset(DataSpec("cifar10", data), pulled.pretrained_cfg, train=False)
-    again = evaluate_loader(pulled, make_loader(test_set, 16, False, 0), torch.device("cpu"))
+    again = evaluate_loader(pulled, epoch_loader(test_set, 16, 0, 0, shuffle=False), torch.device("cpu"))
     assert again["top1_error"] == measured["top1_error"] and again["loss"] == pytest.approx(measured["loss"], abs=1e-6)
 
 

@@ -11,6 +11,11 @@ Every random choice of an epoch (the order, then each image's crop offsets, flip
 at its start on the CPU from one ``torch.Generator``: the same seed gives the same batches on every device,
 and the generator's state after an epoch is all a checkpoint needs to continue exactly. The last batch of an
 epoch is partial when the batch size does not divide the split, as a DataLoader with ``drop_last=False``.
+
+Under torchrun every rank draws the same choices (the generator is seeded, and restored, alike) and takes its
+share of each global batch: every W-th image from its rank, as ``DistributedSampler`` deals them, the epoch
+padded with its first images to a multiple of W, as it pads. So the shares of step k make up the batch k of
+one process, augmentation included. A test split is dealt the same way, unpadded: each image on one rank.
 """
 import math
 from typing import Iterator, NamedTuple, Optional, Sequence, Tuple
@@ -18,6 +23,7 @@ from typing import Iterator, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .data import CifarPickles
 
 PAD = 4  # RandomCrop(32, padding=4)
@@ -41,6 +47,11 @@ def draw(n: int, generator: torch.Generator) -> Draws:
     flips = torch.randint(0, 2, (n,), generator=generator).bool()
     centres = torch.randint(0, SIZE, (n, 2), generator=generator)
     return Draws(order, offsets, flips, centres)
+
+
+def padded(draws: torch.Tensor, ranks: int) -> torch.Tensor:
+    """``draws`` with its first rows repeated at the end up to a multiple of ``ranks`` (DistributedSampler's)."""
+    return torch.cat([draws, draws[:-len(draws) % ranks]])
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -93,17 +104,23 @@ class BatchedCifar:
         self.batch_size = batch_size
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        """Batches per epoch on this rank: one per global batch (training), or its share's (a test split)."""
+        n, ranks = len(self.labels), distributed.world_size()
+        if not self.train:
+            return math.ceil(len(range(distributed.rank(), n, ranks)) / self.batch_size)
+        return math.ceil(math.ceil(n / ranks) * ranks / self.batch_size)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         n, device = len(self.labels), self.images.device
-        if not self.train:
-            for start in range(0, n, self.batch_size):
+        rank, ranks = distributed.rank(), distributed.world_size()
+        if not self.train:  # this rank's share: every image once over the ranks
+            images, labels = self.images[rank::ranks], self.labels[rank::ranks]
+            for start in range(0, len(labels), self.batch_size):
                 part = slice(start, start + self.batch_size)
-                yield normalize(self.images[part], self.mean, self.std), self.labels[part]
+                yield normalize(images[part], self.mean, self.std), labels[part]
             return
-        draws = Draws(*(t.to(device) for t in draw(n, self.generator)))
-        for start in range(0, n, self.batch_size):
-            order, offsets, flips, centres = (t[start:start + self.batch_size] for t in draws)
+        draws = Draws(*(padded(t.to(device), ranks) for t in draw(n, self.generator)))
+        for start in range(0, len(draws.order), self.batch_size):
+            order, offsets, flips, centres = (t[start:start + self.batch_size][rank::ranks] for t in draws)
             images = normalize(crop_and_flip(self.images, order, offsets, flips), self.mean, self.std)
             yield (cutout(images, centres, self.cutout) if self.cutout else images), self.labels[order]

@@ -6,6 +6,7 @@ pickles: they are read with an unpickler that only rebuilds numpy arrays and pla
 tampered file cannot run code. ImageNet and user datasets are class folders (torchvision's ImageFolder).
 """
 import functools
+import hashlib
 import io
 import math
 import pickle
@@ -17,10 +18,11 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_transform
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets, transforms
 
 from ..registry.genotype import IMAGE_DATASETS
+from . import distributed
 
 CIFAR_LAYOUTS = {  # folder, training files, test files, label key, classes
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
@@ -215,3 +217,58 @@ def build_dataset(spec: DataSpec, config: dict, train: bool) -> Dataset:
         return datasets.ImageFolder(str(split), transform=transform)
     except (FileNotFoundError, RuntimeError) as e:
         raise DatasetError(f"{spec.dataset}: {split} is not a class-folder dataset ({e})") from None
+
+
+def image_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one image's augmentation in one epoch: a hash, so that nearby triples share nothing."""
+    return int.from_bytes(hashlib.blake2b(f"{seed},{epoch},{index}".encode(), digest_size=8).digest(), "little")
+
+
+class EpochSeeded(Dataset):
+    """``dataset`` indexed by (epoch, index), its random transforms drawn from a generator seeded by (seed, epoch,
+    index): an image's augmentation in an epoch is the same whichever rank, worker or run loads it, so a run on
+    several processes sees the batches one process sees, and a resumed run those of an uninterrupted one.
+    The process's own random stream (dropout, drop path) is left where it was."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            # the CPU generator the transforms draw from (torch.manual_seed would seed every device's too: 100x
+            # slower, as slow as the transforms themselves)
+            torch.default_generator.manual_seed(image_seed(self.seed, epoch, index))
+            return self.dataset[index]
+
+
+class EpochSampler(DistributedSampler):
+    """This rank's (epoch, index) keys of one epoch. Training (``shuffle``): ``DistributedSampler``'s order, a
+    permutation drawn from seed + epoch, padded with its first indices to a multiple of the ranks, rank r
+    taking every W-th from r; so the ranks' batches at step k make up the global batch k of one process
+    (the last batch of an epoch may repeat up to W-1 of its first images). Measuring (``shuffle=False``):
+    every index exactly once, in order, rank r taking every W-th from r."""
+
+    def __init__(self, dataset: Dataset, seed: int, epoch: int, shuffle: bool):
+        super().__init__(dataset, num_replicas=distributed.world_size(), rank=distributed.rank(), shuffle=shuffle,
+                         seed=seed)
+        self.set_epoch(epoch)
+        if not shuffle:
+            self.num_samples = len(range(self.rank, len(dataset), self.num_replicas))
+
+    def __iter__(self):
+        order = super().__iter__() if self.shuffle else range(self.rank, len(self.dataset), self.num_replicas)
+        return ((self.epoch, index) for index in order)
+
+
+def epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
+                 num_workers: int = 0) -> DataLoader:
+    """This rank's batches of ``dataset`` in ``epoch`` (``EpochSampler``, ``EpochSeeded``). ``batch_size`` is the
+    global batch: each rank loads its share (``distributed.split_batch``; a measurement rounds the share up)."""
+    share = distributed.split_batch(batch_size) if shuffle else math.ceil(batch_size / distributed.world_size())
+    return DataLoader(EpochSeeded(dataset, seed), share, sampler=EpochSampler(dataset, seed, epoch, shuffle),
+                      num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=False,
+                      generator=torch.Generator())  # its workers' seeds, which nothing uses: not from our stream

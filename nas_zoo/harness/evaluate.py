@@ -14,9 +14,10 @@ from ..models.flops import count_flops
 from ..registry.genotype import TEXT_DATASETS
 from ..registry.summary import count_params
 from ..registry.zoo import DATASET_TAGS
-from .data import DataSpec, DatasetError, build_dataset
+from . import distributed
+from .data import DataSpec, DatasetError, build_dataset, epoch_loader
 from .recipes import TrainConfig
-from .train import Target, device_for_run, evaluate_loader, load_trained, make_loader
+from .train import Target, device_for_run, evaluate_loader, load_trained
 
 
 @torch.no_grad()
@@ -100,6 +101,8 @@ def evaluate_named(name: str, dataset: str, data_dir: Optional[Path] = None, che
     and channels-last), beside the paper's figures (``reported``; None when the network measured, ``C`` and
     ``layers``, is not the paper's size, ``paper_network``). Corpora: perplexity and tokens/s, at the run's batch
     sizes on the CPU, so the image options are refused there, as is any option that its other choices leave unused.
+    Under torchrun each process measures the accuracy on its share of the test split (added up over them) and
+    rank 0 alone counts and times the network; every process returns the same result.
     """
     if dataset in TEXT_DATASETS:
         given = [k for k, v in dict(pretrained=pretrained, fast=fast).items() if v]
@@ -110,6 +113,7 @@ def evaluate_named(name: str, dataset: str, data_dir: Optional[Path] = None, che
                              "run's batch sizes on the CPU, always with perplexity and tokens/s")
         if data_dir is None:
             raise ValueError(f"{dataset}: no data directory given (data_dir, --data-dir); point it at the corpus files")
+        distributed.one_process(f"evaluating a language model ({dataset})")
         return evaluate_language_model(name, dataset, data_dir, checkpoint)
     loading = [k for k, v in dict(batch_size=batch_size, num_workers=num_workers).items() if v is not None]
     if accuracy is False and loading:
@@ -117,22 +121,23 @@ def evaluate_named(name: str, dataset: str, data_dir: Optional[Path] = None, che
     if speed is False and fast:
         raise ValueError("fast: for the speed figures, which speed=False (--no-speed) skips")
     target = Target.of(name, dataset)
-    run_device = device_for_run(device)
+    run_device = distributed.start(device_for_run(device))
     model, recipe = load_model(target, checkpoint, pretrained)
     input_size = tuple(model.pretrained_cfg["input_size"])
     result = dict(model=target.model_name, genotype=target.genotype.name, network=target.network,
                   C=recipe.init_channels, layers=recipe.layers, dataset=dataset,
                   checkpoint=str(checkpoint) if checkpoint else None, device=device_name(run_device),
-                  threads=torch.get_num_threads(), **model_figures(model, input_size))
+                  threads=torch.get_num_threads(), devices=distributed.world_size(),
+                  **distributed.on_main(lambda: model_figures(model, input_size)))
     if accuracy is not False:
         if data_dir is None:
             raise DatasetError(f"{dataset}: no data directory given (data_dir, --data-dir); point it at the dataset, "
                                "or measure params, FLOPs and speed only (accuracy=False, --no-accuracy)")
         test_set = build_dataset(DataSpec(dataset, data_dir), model.pretrained_cfg, train=False)
-        loader = make_loader(test_set, batch_size or 128, False, 2 if num_workers is None else num_workers)
+        loader = epoch_loader(test_set, batch_size or 128, 0, 0, False, 2 if num_workers is None else num_workers)
         result.update(evaluate_loader(model.to(run_device), loader, run_device))
-    if speed is not False:
-        result.update(measure_speed(model, input_size, run_device, fast), fast=fast)
+    if speed is not False:  # one process at a time on the machine: the others would share its cores
+        result.update(distributed.on_main(lambda: measure_speed(model, input_size, run_device, fast)), fast=fast)
     result.update(paper_figures(target.genotype, "imagenet" if dataset == "folder" else dataset, target.network,
                                 recipe.init_channels, recipe.layers))
     return result

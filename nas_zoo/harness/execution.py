@@ -14,7 +14,7 @@ recompile every epoch. The parts never see it and compile once (DARTS_V2 at C=8,
 training, a partial last batch and evaluation, then none in later epochs; measured with the eager backend);
 the weights keep their names, so checkpoints are the same as eager runs'.
 """
-from typing import Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
@@ -92,14 +92,15 @@ class Execution:
 
     def train_step(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                    optimizer: torch.optim.Optimizer, criterion: nn.Module, auxiliary_weight: float,
-                   grad_clip: float) -> Tuple[torch.Tensor, torch.Tensor]:
+                   grad_clip: float, forward: Optional[Callable] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """One step of DARTS's ``train.py``: the loss with the auxiliary head's (weighted), backward, gradient
         clipping, SGD; scaled and unscaled around the clipping in fp16. ``images`` and ``targets`` are on the
-        device. Returns the loss and the logits."""
+        device; ``forward`` computes (logits, auxiliary logits): ``model.forward_train``, or under torchrun its
+        ``DistributedDataParallel`` replica (``train.replicate``). Returns the loss and the logits."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with self.autocast():
-            logits, auxiliary = model.forward_train(images)
+            logits, auxiliary = (forward or model.forward_train)(images)
             loss = criterion(logits, targets)
             if auxiliary is not None:
                 loss = loss + auxiliary_weight * criterion(auxiliary, targets)

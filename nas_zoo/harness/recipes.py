@@ -49,6 +49,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (harness/execution.py); auto: bf16 or fp16 on GPUs
     channels_last: Optional[bool] = None  # None: on GPUs
     compile: bool = False  # torch.compile the network's parts between drop paths
+    sync_bn: bool = False  # under torchrun, batch norm over the whole batch instead of each process's share
 
     def __post_init__(self):
         for f in fields(self):  # a JSON file or a checkpoint can hold anything: "3", NaN, 1e400

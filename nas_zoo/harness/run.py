@@ -11,19 +11,26 @@ tensors and plain data) holding the caller's state, the settings, the RNG stream
 ``metrics.jsonl``. ``Run.display`` is the one progress display: a bar over the whole run on stderr and one
 line per epoch that stays.
 
+Under torchrun (``distributed``) rank 0 alone holds, reads and writes the folder; the other ranks receive what
+it read (the state, the weights) and wait while it writes, and they display nothing. The checkpoint holds every
+rank's RNG streams: a run resumed on as many processes continues exactly; on another number it continues from
+rank 0's streams, which it says is not bit for bit the run it would have been.
+
 What differs between the loops (their model, optimizers, data order and what an epoch records) stays in them:
 ``harness.train``, ``language.lm`` and ``search.loop``.
 """
 import json
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
+import torch
 from torch import nn
 
 from ..files import locked_output, write_text_atomic
+from . import distributed
 from .checkpoint import find_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
 
 #: what a folder holding a run has; a new run refuses such a folder
@@ -35,9 +42,12 @@ def to_stderr(message: str) -> None:
 
 
 def saved_settings(out) -> Optional[Dict[str, Any]]:
-    """The settings of the run in ``out`` (what ``--resume`` starts from), or None without a checkpoint."""
-    path = find_checkpoint(Path(out) / "checkpoint")
-    return None if path is None else json.loads(load_state(path)["run"]["settings"])
+    """The settings of the run in ``out`` (what ``--resume`` starts from), or None without a checkpoint; read by
+    rank 0."""
+    def read():
+        path = find_checkpoint(Path(out) / "checkpoint")
+        return None if path is None else json.loads(load_state(path)["run"]["settings"])
+    return distributed.on_main(read)
 
 
 def changed_settings(saved: Mapping[str, Any], given: Mapping[str, Any], may_change=()) -> List[str]:
@@ -64,17 +74,26 @@ class Run:
     def __init__(self, out, settings: Mapping[str, Any], may_change: Tuple[str, ...] = (), progress: bool = True,
                  log: Callable[[str], None] = to_stderr):
         self.out, self.settings, self.may_change = Path(out), json.loads(json.dumps(settings)), may_change
+        if not distributed.is_main():  # rank 0 speaks for the run
+            progress, log = False, lambda line: None
         self.progress, self.log = progress, log
         self.history: List[Dict[str, Any]] = []  # one record per finished epoch: metrics.jsonl
+        self.checkpoint: Optional[Path] = None  # the one resumed from
 
     @contextmanager
     def start(self, resume: bool) -> Iterator[Optional[Dict[str, Any]]]:
         """Hold the folder while the block runs; yields the saved state to continue from (None for a new run)."""
-        with locked_output(self.out) as self.out:
-            self.out.mkdir(exist_ok=True)
-            if not os.access(self.out, os.W_OK):
-                raise PermissionError(f"{self.out}: the output folder is not writable; choose another --out")
-            yield self._restore() if resume else self._check_new()
+        main = distributed.is_main()
+        with locked_output(self.out) if main else nullcontext(Path(os.path.abspath(self.out))) as self.out:
+            state, self.history, self.checkpoint = distributed.on_main(lambda: self._open(resume))
+            yield state
+
+    def _open(self, resume: bool):
+        self.out.mkdir(exist_ok=True)
+        if not os.access(self.out, os.W_OK):
+            raise PermissionError(f"{self.out}: the output folder is not writable; choose another --out")
+        state = self._restore() if resume else self._check_new()
+        return state, self.history, self.checkpoint
 
     def _check_new(self) -> None:
         held = [name for name in RUN_FILES if (self.out / name).exists()]
@@ -100,19 +119,34 @@ class Run:
         return state
 
     def load(self, model: nn.Module, state: Mapping[str, Any]) -> None:
-        """Put the checkpoint's weights into ``model`` and its RNG streams back: call it once everything the run
-        builds (which draws random numbers) is built, just before the first step."""
-        load_weights(self.checkpoint, model)
-        set_rng_state(state["run"]["rng"])
-        self._write_metrics()  # only now: a resume the caller refuses leaves the folder as it was
+        """Put the checkpoint's weights into ``model`` (rank 0 reads them, every rank gets them) and this rank's RNG
+        streams back, and rewrite ``metrics.jsonl`` from the records: call it once everything the run builds (which
+        draws random numbers) is built, just before the first step."""
+        distributed.on_main(lambda: load_weights(self.checkpoint, model))
+        distributed.broadcast_(list(model.state_dict().values()))
+        streams = state["run"]["rng"]
+        streams = [streams] if isinstance(streams, dict) else streams  # written by one process before ranks
+        if len(streams) == distributed.world_size():
+            set_rng_state(streams[distributed.rank()])
+        else:
+            self.log(f"resumed on {distributed.world_size()} processes from a checkpoint of {len(streams)}: the run "
+                     "continues, but not bit for bit as it would have on the same number")
+            set_rng_state(streams[0])
+            torch.manual_seed(int(torch.randint(2 ** 62, ())) + distributed.rank())  # one new stream per rank
+        distributed.on_main(self._write_metrics)  # only now: a resume the caller refuses leaves the folder as it was
 
     def save(self, model: nn.Module, state: Mapping[str, Any], record: Optional[Mapping[str, Any]] = None) -> None:
-        """End an epoch: its ``record`` joins the history; the checkpoint, then ``metrics.jsonl``, are rewritten."""
+        """End an epoch: its ``record`` joins the history; the checkpoint, then ``metrics.jsonl``, are rewritten
+        (by rank 0, while the others wait)."""
         if record is not None:
             self.history.append(dict(record))
-        run = {"settings": json.dumps(self.settings), "history": json.dumps(self.history), "rng": rng_state()}
-        save_checkpoint(self.out / "checkpoint", model, {**state, "run": run})
-        self._write_metrics()
+        run = {"settings": json.dumps(self.settings), "history": json.dumps(self.history),
+               "rng": distributed.gather_objects(rng_state())}
+
+        def write() -> None:
+            save_checkpoint(self.out / "checkpoint", model, {**state, "run": run})
+            self._write_metrics()
+        distributed.on_main(write)
 
     def _write_metrics(self) -> None:
         write_text_atomic(self.out / "metrics.jsonl",

@@ -6,6 +6,11 @@ evaluate on the test split. Every epoch ends in an atomic checkpoint (weights, o
 order) and a rewritten ``metrics.jsonl``; ``resume=True`` continues from it, and in deterministic mode
 reproduces the losses of an uninterrupted run. A run holds its folder locked, never writes over another run
 (or a user's files) and never saves non-finite weights.
+
+Under torchrun each process trains a replica (``DistributedDataParallel``) on its share of every batch: the
+batch size stays the global batch, so the learning rate keeps its meaning; the batches of an epoch (order and
+augmentation: ``batched.BatchedCifar``, ``data.epoch_loader``) do not depend on the number of processes. Batch
+norm normalises each process's share, as the papers' multi-GPU runs did, or the whole batch with ``sync_bn``.
 """
 import json
 import math
@@ -16,7 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
 
 from ..language.lm import LMConfig, LMError, train_language_model
 from ..models.networks import NetworkBase, build_network
@@ -24,9 +29,10 @@ from ..registry.genotype import Genotype, TEXT_DATASETS
 from ..registry.summary import family
 from ..registry.zoo import NUM_CLASSES, data_config
 from ..resolver import resolve
-from .checkpoint import CheckpointError, find_checkpoint, load_state, load_weights
+from . import distributed
 from .batched import BatchedCifar
-from .data import IMAGE_SOURCES, DatasetError, DataSpec, build_dataset
+from .checkpoint import CheckpointError, find_checkpoint, load_state, load_weights
+from .data import IMAGE_SOURCES, DatasetError, DataSpec, build_dataset, epoch_loader
 from .execution import Execution
 from .recipes import TrainConfig, paper_recipe, read_config_file
 from .run import Run, saved_settings, to_stderr
@@ -123,17 +129,12 @@ def load_trained(target: Target, path, config: TrainConfig,
     return model, config
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, generator=None) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      generator=generator, pin_memory=torch.cuda.is_available(), drop_last=False,
-                      persistent_workers=False)
-
-
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device,
+def evaluate_loader(model: nn.Module, loader, device: torch.device,
                     execution: Optional[Execution] = None) -> Dict[str, float]:
     """Top-1 / top-5 error (%) and mean cross-entropy of ``model`` over ``loader``, in a training run's
-    ``execution`` (its precision), else under autocast on GPUs."""
+    ``execution`` (its precision), else under autocast on GPUs. Under torchrun ``loader`` is this rank's share
+    (``epoch_loader(..., shuffle=False)``, ``BatchedCifar``): the sums are added up over the ranks."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     loss = correct1 = correct5 = total = 0.0
@@ -146,6 +147,7 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device,
         correct1 += (top5[:, 0] == targets).sum().item()
         correct5 += (top5 == targets[:, None]).any(dim=1).sum().item()
         total += len(targets)
+    loss, correct1, correct5, total = distributed.sum_values([loss, correct1, correct5, total], device)
     return dict(top1_error=100 * (1 - correct1 / total), top5_error=100 * (1 - correct5 / total),
                 loss=loss / total, images=int(total))
 
@@ -165,6 +167,7 @@ def train_named(name: str, dataset: str, data_dir, out: Optional[Path] = None, r
         if given:
             raise LMError(f"{', '.join(given)}: not for a language model ({dataset}), which trains on the CPU with "
                           f"rnn/train.py's settings: {', '.join(lm_fields)}")
+        distributed.one_process(f"training a language model ({dataset})")
         return train_language_model(name, dataset, data_dir, out, resume, values, log)
     target = Target.of(name, dataset)
     out = Path(out or Path("runs") / f"{target.model_name or target.genotype.name}-{dataset}")
@@ -181,7 +184,8 @@ def train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume
     ``config`` of a resumed run must be the saved one (``run.saved_settings``) up to the ``RESUMABLE`` fields.
     """
     run = Run(out, {"dataset": target.dataset, "config": config.to_dict()}, RESUMABLE, progress, log)
-    device = device_for_run(device)
+    distributed.split_batch(config.batch_size)
+    device = distributed.start(device_for_run(device))
     with run.start(resume) as state:
         if state is not None:
             _check_resume(state, target, config, run)
@@ -190,7 +194,7 @@ def train(target: Target, config: TrainConfig, data: DataSpec, out: Path, resume
 
 def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config: TrainConfig, data: DataSpec,
            device: torch.device) -> List[Dict[str, Any]]:
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed + distributed.rank())  # DDP starts every rank from rank 0's weights
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -201,6 +205,8 @@ def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config:
     test_set = build_dataset(data, probe.pretrained_cfg, train=False)
     num_classes = len(train_set.classes) if data.dataset == "folder" else None
     model = target.build(config, num_classes) if num_classes else probe
+    if config.sync_bn:
+        model = distributed.sync_batch_norm(model, device)
     execution = Execution(device, config.precision, config.channels_last, config.compile)
     execution.prepare(model)
     optimizer = torch.optim.SGD(model.parameters(), config.learning_rate, momentum=config.momentum,
@@ -215,26 +221,34 @@ def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config:
         order.set_state(state["data_order"])
         start = state["epoch"]
         run.log(f"resumed from {run.checkpoint} at epoch {start}")
+    forward = replicate(model, device)
 
     if config.data_path == "batched":
         stats = probe.pretrained_cfg["mean"], probe.pretrained_cfg["std"]
-        train_loader = BatchedCifar(train_set, config.batch_size, device, *stats, order, config.cutout_length)
+        batched = BatchedCifar(train_set, config.batch_size, device, *stats, order, config.cutout_length)
         test_loader = BatchedCifar(test_set, config.batch_size, device, *stats)
+
+        def train_loader(epoch: int):  # its generator draws each epoch's choices
+            return batched
     else:
-        train_loader = make_loader(train_set, config.batch_size, True, config.num_workers, order)
-        test_loader = make_loader(test_set, config.batch_size, False, config.num_workers)
-    with run.display(len(train_loader) * config.epochs, len(train_loader) * start) as display:
+        test_loader = epoch_loader(test_set, config.batch_size, config.seed, 0, False, config.num_workers)
+
+        def train_loader(epoch: int):
+            return epoch_loader(train_set, config.batch_size, config.seed, epoch, True, config.num_workers)
+    steps = len(train_loader(0))
+    with run.display(steps * config.epochs, steps * start) as display:
         for epoch in range(start, config.epochs):
             lr = config.lr_at(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             model.drop_path_prob = config.drop_path_prob * epoch / config.epochs
             display.describe(f"epoch {epoch + 1}/{config.epochs}")
+            trained = _train_epoch(model, forward, train_loader(epoch), optimizer, execution, criterion, config,
+                                   epoch, display)
+            distributed.broadcast_(list(model.buffers()))  # every rank evaluates, and rank 0 saves, its statistics
             metrics = dict(epoch=epoch + 1, lr=lr, drop_path_prob=model.drop_path_prob,
-                           threads=torch.get_num_threads(), precision=execution.precision,
-                           channels_last=execution.channels_last,
-                           **_train_epoch(model, train_loader, optimizer, execution, criterion, config, epoch,
-                                          display),
+                           threads=torch.get_num_threads(), devices=distributed.world_size(),
+                           precision=execution.precision, channels_last=execution.channels_last, **trained,
                            **{f"test_{k}": v
                               for k, v in evaluate_loader(model, test_loader, device, execution).items()})
             if not math.isfinite(metrics["test_loss"]):
@@ -245,7 +259,7 @@ def _train(run: Run, state: Optional[Mapping[str, Any]], target: Target, config:
                          f"({metrics['images_per_s']:.0f} img/s)")
             run.save(model, dict(
                 epoch=epoch + 1, config=config.to_dict(), optimizer=optimizer.state_dict(),
-                scaler=execution.scaler.state_dict(), data_order=order.get_state(),
+                scaler=execution.scaler.state_dict(), data_order=order.get_state(), devices=distributed.world_size(),
                 genotype=target.genotype.to_dict(),
                 network=target.network, dataset=target.dataset, model=target.model_name or "",
                 num_classes=model.num_classes), metrics)
@@ -268,7 +282,27 @@ def _check_resume(state: Mapping[str, Any], target: Target, config: TrainConfig,
                 f"longer the same run as one trained for {saved['epochs']} epochs)")
 
 
-def _train_epoch(model, loader, optimizer, execution: Execution, criterion, config: TrainConfig, epoch,
+class TrainingForward(nn.Module):
+    """``network.forward_train`` as a module's forward, which is what ``DistributedDataParallel`` wraps."""
+
+    def __init__(self, network: NetworkBase):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor):
+        return self.network.forward_train(images)
+
+
+def replicate(model: NetworkBase, device: torch.device) -> Callable:
+    """``model.forward_train``, under torchrun as one replica of ``DistributedDataParallel``: it starts every rank
+    from rank 0's weights and buffers, averages the gradients during the backward pass, and gives every forward
+    rank 0's batch-norm statistics."""
+    if distributed.world_size() == 1:
+        return model.forward_train
+    return DistributedDataParallel(TrainingForward(model), device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _train_epoch(model, forward, loader, optimizer, execution: Execution, criterion, config: TrainConfig, epoch,
                  display) -> Dict[str, float]:
     model.train()
     device = execution.device
@@ -277,13 +311,14 @@ def _train_epoch(model, loader, optimizer, execution: Execution, criterion, conf
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         loss, logits = execution.train_step(model, images, targets, optimizer, criterion, config.auxiliary_weight,
-                                            config.grad_clip)
+                                            config.grad_clip, forward)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"epoch {epoch + 1}: the training loss became {loss.item()}; "
                                      "lower --learning-rate")
         loss_sum += loss.item() * len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += len(targets)
-        rate = seen / (time.perf_counter() - started)
+        rate = seen * distributed.world_size() / (time.perf_counter() - started)
         display.advance(f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:.1f}% {rate:.0f} img/s")
+    loss_sum, correct, seen = distributed.sum_values([loss_sum, correct, seen], device)
     return dict(train_loss=loss_sum / seen, train_acc=100 * correct / seen, images_per_s=rate)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import torch
 
+from ..harness import distributed
 from ..harness.train import device_for_run
 from .bilevel import frozen
 from .supernet import SearchNetwork, Softmax, Supernet, node_slices
@@ -63,6 +64,7 @@ class SearchConfig:
     dropouts: Optional[Tuple[float, float, float, float, float]] = None
     tar: Optional[float] = None
     max_batches: int = 0
+    sync_bn: bool = False  # under torchrun, batch norm over the whole batch instead of each process's share
     num_workers: int = 2
     channels_last: bool = True  # activations in NHWC: same math, faster depthwise convolutions on CPU
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
@@ -129,6 +131,9 @@ class SearchAlgorithm:
     #: the paper's recurrent-cell search on PTB, if it has one: what differs from ``PTB_DEFAULTS``
     ptb: Optional[Dict[str, Any]] = None
     stages = 1
+    #: whether it runs under torchrun: its steps go through ``BiLevel``'s, which average every gradient over the
+    #: ranks (an algorithm with its own passes says False until they do)
+    several_processes = True
 
     def __init__(self, **settings):
         declared = {o.name: o.default for o in self.options}
@@ -207,14 +212,14 @@ class SearchAlgorithm:
         valid_batches = iter(run.loader(run.data.valid, seed + 10_000))
         totals = [0.0, 0.0, 0]
         run.model.train()
-        for batch in run.loader(run.data.train, seed):
+        for step, batch in enumerate(run.loader(run.data.train, seed)):
             train = run.bilevel.batch(batch)
             valid = None
             if search_arch:
                 try:
                     valid = run.bilevel.batch(next(valid_batches))
-                except StopIteration:
-                    valid_batches = iter(run.loader(run.data.valid, seed + 10_000 + totals[2]))
+                except StopIteration:  # the architecture's part is the smaller (ImageNet): go round it again
+                    valid_batches = iter(run.loader(run.data.valid, seed + 10_000 + step * run.config.batch_size))
                     valid = run.bilevel.batch(next(valid_batches))
             loss, acc = run.bilevel.step(train, valid)
             n = len(train[1])
@@ -222,7 +227,8 @@ class SearchAlgorithm:
             totals[1] += acc * n
             totals[2] += n
             advance()
-        return {"train_loss": totals[0] / totals[2], "train_acc": totals[1] / totals[2], **run.validate()}
+        loss, acc, n = distributed.sum_values(totals, run.bilevel.device)
+        return {"train_loss": loss / n, "train_acc": acc / n, **run.validate()}
 
     def start_epoch(self, model: SearchNetwork, config: SearchConfig, stage: int, epoch: int) -> Dict[str, Any]:
         """Per-epoch schedule of the algorithm (GDAS's tau); returns what the record should note."""

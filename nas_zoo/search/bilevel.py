@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..harness import distributed
 from ..models.ops import channels_last_safe
 
 if TYPE_CHECKING:
@@ -64,21 +65,24 @@ class BiLevel:
 
     @staticmethod
     def grad(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
-        return torch.autograd.grad(loss, params)
+        """d loss / d params, averaged over the ranks under torchrun: the gradient of the global batch, which every
+        architecture gradient (first order, the unrolled step's three) is made of."""
+        return distributed.average(torch.autograd.grad(loss, params))
 
     def lr(self) -> float:
         return self.w_optimizer.param_groups[0]["lr"]
 
     def weights_step(self, batch: Batch) -> Tuple[float, float]:
         """One SGD step on the training loss (alpha held constant), the gradient's norm clipped to
-        ``grad_clip`` (0: not clipped); returns (loss, accuracy). Gradients are reset to None, so weights
-        the forward pass did not use (a sampled child's other operations) take no step at all: no weight
-        decay, no momentum."""
+        ``grad_clip`` (0: not clipped); returns (loss, accuracy) on this rank's share of the batch. Gradients
+        are reset to None, so weights the forward pass did not use (a sampled child's other operations) take
+        no step at all: no weight decay, no momentum."""
         self.w_optimizer.zero_grad(set_to_none=True)
         with frozen(self.alphas):
             logits = self.model(batch[0])
             loss = F.cross_entropy(logits, batch[1])
             loss.backward()
+        distributed.average_gradients(self.weights)
         if self.config.grad_clip:
             nn.utils.clip_grad_norm_(self.weights, self.config.grad_clip)
         self.w_optimizer.step()

@@ -171,6 +171,7 @@ class Ednas(SearchAlgorithm):
                Option("derive_samples", 100, "children sampled at the end; the best on the architecture part is kept"),
                Option("derive_batches", 1, "batches of the architecture part that score each of them"))
     evaluation = dict(network="cifar", C=36, layers=20)
+    several_processes = False  # its REINFORCE pass does not average the policies' gradients over ranks yet
     imagenet = dict(init_channels=48, nodes=5, batch_size=200, epochs=50, lr=0.05, nesterov=False, weight_decay=3e-5,
                     grad_clip=0.0, imagenet_sample=(0.8, 0.2), policy_batch_size=50, child_steps=20,
                     derive_batches=10, evaluation=dict(network="imagenet", C=48, layers=14))

@@ -45,10 +45,18 @@ class GumbelHard(Softmax):
     def __init__(self, tau: float = 10.0):
         self.tau = tau
 
+    def gumbel_noise(self, alpha: torch.Tensor) -> torch.Tensor:
+        """-log(Exp(1)) noise shaped as ``alpha``: from ``generator`` where the run set one (drawn on its device,
+        the CPU, so that a seed samples the same operations on every device and rank), else from the global
+        stream of alpha's device."""
+        device = alpha.device if self.generator is None else self.generator.device
+        noise = torch.empty(alpha.shape, dtype=alpha.dtype, device=device).exponential_(generator=self.generator)
+        return -noise.log().to(alpha.device)
+
     def soft_sample(self, alpha: torch.Tensor) -> torch.Tensor:
         """softmax((log softmax(alpha) + g) / tau), Gumbel noise g drawn per row."""
         while True:  # resample on the (rare) overflow, as the authors do
-            gumbels = -torch.empty_like(alpha).exponential_().log()
+            gumbels = self.gumbel_noise(alpha)
             probs = ((alpha.log_softmax(-1) + gumbels) / self.tau).softmax(-1)
             if torch.isfinite(gumbels).all() and torch.isfinite(probs).all():
                 return probs

@@ -15,6 +15,14 @@ mid-stage or between stages, and ``metrics.jsonl``; then the derived genotype (`
 search record (``search.json``), both written from what the run used: the filled-in config and the
 algorithm's own settings. After the last
 epoch the algorithm may derive the final genotype once more with the data (``SearchAlgorithm.conclude``).
+
+Under torchrun every rank holds the whole supernet and takes its share of every batch (``data.epoch_loader``: the
+same global batches as one process). Each stage starts from rank 0's weights and alpha; every gradient of a
+step, the weights' and the architecture's (``BiLevel.grad``, ``BiLevel.weights_step``), is averaged over the
+ranks, so the weights and alpha stay the same on every rank, step after step. What a mixing samples for the
+architecture (GDAS's Gumbel noise) comes from ``Search.sampling``, one generator seeded by the run's seed:
+the same samples on every rank and in one process. The rest of the randomness (P-DARTS's dropout) is each
+rank's own stream.
 """
 import dataclasses
 import json
@@ -30,8 +38,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..files import write_text_atomic
+from ..harness import distributed
+from ..harness.data import epoch_loader
 from ..harness.evaluate import device_name
 from ..harness.run import Run, to_stderr
+from ..harness.train import device_for_run
 from ..registry.genotype import Genotype, parse_genotypes, save_genotype, thaw
 from .algorithm import Candidates, SearchAlgorithm, SearchConfig, with_defaults
 from .bilevel import BiLevel
@@ -67,14 +78,21 @@ class Search:
     corpus ``recurrent.LanguageSearch`` replaces the data, the epoch and the validation (``new_search``)."""
 
     bilevel_class = BiLevel
+    #: whether the run's epoch can run under torchrun (the recurrent search's cannot)
+    several_processes = True
 
     def __init__(self, algorithm: SearchAlgorithm, config: SearchConfig, out: Path, progress: bool = True):
         self.config = config = with_defaults(algorithm, config)
         config.check()
         algorithm.for_dataset(config.dataset)
+        if not (self.several_processes and algorithm.several_processes):
+            distributed.one_process(f"the {algorithm.label} search on {config.dataset}")
+        distributed.split_batch(config.batch_size)
+        self.device = distributed.start(device_for_run(config.device))
         self.algorithm, self.out, self.progress = algorithm, Path(out), progress
         self.folder = Run(out, self._settings(), SPEED_ONLY, progress, to_stderr if progress else lambda line: None)
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed + distributed.rank())  # each stage starts from rank 0's weights
+        self.sampling = torch.Generator().manual_seed(config.seed)  # the architecture's samples, as every rank's
         self.data = self.load_data()
         self.elapsed, self.stages, self.notes = 0.0, [], {}
         self.normal: list = []  # the normal cell of the genotype last derived
@@ -102,7 +120,12 @@ class Search:
 
     def start_stage(self, stage: int, candidates: Optional[Candidates]) -> None:
         """A new supernet for ``stage`` on ``candidates``, new optimizers and a new schedule."""
-        model = self.network(stage, candidates).to(self.config.device)
+        model = self.network(stage, candidates)
+        if self.config.sync_bn:
+            model = distributed.sync_batch_norm(model, self.device)
+        model.to(self.device)
+        distributed.broadcast_(list(model.state_dict().values()))
+        model.mixing.generator = self.sampling
         self.stage, self.epoch = stage, 0
         self.bilevel = self.bilevel_class(self.algorithm, model, self.config)
         if len(self.stages) == stage:  # not a resumed stage
@@ -113,11 +136,10 @@ class Search:
 
     # -- epochs ---------------------------------------------------------------------------------------
     def loader(self, data: Dataset, seed: int, shuffle: bool = True, batch_size: Optional[int] = None) -> DataLoader:
-        """Batches of ``data`` (``batch_size``: the config's), shuffled in an order fixed by ``seed``."""
-        generator = torch.Generator().manual_seed(self.config.seed * 1000 + seed)  # the same order on resume
-        return DataLoader(data, batch_size or self.config.batch_size, shuffle=shuffle, generator=generator,
-                          drop_last=False, num_workers=self.config.num_workers,
-                          pin_memory=self.bilevel.device.type == "cuda", persistent_workers=False)
+        """This rank's batches of ``data`` (``batch_size``: the config's, the global batch), their order and
+        augmentation fixed by ``seed`` (the same on resume and for any number of processes)."""
+        return epoch_loader(data, batch_size or self.config.batch_size, self.config.seed, seed, shuffle,
+                            self.config.num_workers)
 
     def train_epoch(self, epoch: int, advance=lambda: None) -> Dict[str, Any]:
         """The algorithm's epoch (``SearchAlgorithm.train_epoch``): training, then its measure."""
@@ -125,8 +147,10 @@ class Search:
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
-        """The supernet on the architecture half (DARTS's ``infer``), in eval mode."""
+        """The supernet on the architecture half (DARTS's ``infer``), in eval mode, with rank 0's batch-norm
+        statistics (each rank's own share of the batches updated them)."""
         self.model.eval()
+        distributed.broadcast_(list(self.model.buffers()))
         loss, correct, n = 0.0, 0.0, 0
         for batch in self.loader(self.data.valid, 0, shuffle=False):
             x, y = self.bilevel.batch(batch)
@@ -134,6 +158,7 @@ class Search:
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(-1) == y).sum().item()
             n += len(y)
+        loss, correct, n = distributed.sum_values([loss, correct, n], self.device)
         return {"valid_loss": loss / n, "valid_acc": 100 * correct / n}
 
     def run_epoch(self, advance=lambda: None) -> Dict[str, Any]:
@@ -223,13 +248,15 @@ class Search:
                 **({"data": self.data.sample} if self.data.sample else {})}
 
     def record(self) -> Dict[str, Any]:
-        hours = self.elapsed / 3600
+        """The search record (``search.json``); ``devices`` counts the processes (one device each), and the GPU-
+        or CPU-hours are device-hours: the wall time times the devices."""
+        hours = self.elapsed / 3600 * distributed.world_size()
         device = self.bilevel.device
         arch = {name: p.detach().cpu().tolist() for name, p in self.model.arch.named_parameters()}
         return {
             "algorithm": self.algorithm.label, "options": plain(self.algorithm.settings()),
             "config": plain(dataclasses.asdict(self.config)), "seed": self.config.seed, "versions": versions(),
-            "device": device_name(device), "wall_time_s": round(self.elapsed, 3),
+            "device": device_name(device), "devices": distributed.world_size(), "wall_time_s": round(self.elapsed, 3),
             ("gpu_hours" if device.type == "cuda" else "cpu_hours"): round(hours, 6),
             "peak_memory": peak_memory(device), "epochs_done": len(self.history), "stages": self.stages,
             "epochs": self.history, "architecture": arch, **self.cell_notes(), **self.notes,
@@ -244,14 +271,20 @@ class Search:
         self.folder.save(self.model, {
             "stage": self.stage, "epoch": self.epoch, "elapsed": self.elapsed, "stages": json.dumps(self.stages),
             "candidates": json.dumps(self.model.candidates), "w_optimizer": self.bilevel.w_optimizer.state_dict(),
-            "a_optimizer": self.bilevel.a_optimizer.state_dict()}, record)
+            "a_optimizer": self.bilevel.a_optimizer.state_dict(), "sampling": self.sampling.get_state(),
+            "devices": distributed.world_size()}, record)
 
     def write_outputs(self, genotype: Genotype) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
+        """``genotype.json`` and ``search.json``, written by rank 0."""
         search = {"algorithm": self.algorithm.label, "dataset": self.config.dataset, "seed": self.config.seed,
                   "epochs": len(self.history), "record": "search.json"}
-        save_genotype(genotype, self.out / "genotype.json", search)
-        write_text_atomic(self.out / "search.json", json.dumps(self.record(), indent=2) + "\n")
+        record = self.record()
+
+        def write() -> None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_genotype(genotype, self.out / "genotype.json", search)
+            write_text_atomic(self.out / "search.json", json.dumps(record, indent=2) + "\n")
+        distributed.on_main(write)
 
     def restore(self, state: Dict[str, Any]) -> None:
         """Continue from a checkpoint's ``state``, mid-stage or between stages."""
@@ -260,4 +293,6 @@ class Search:
         self.folder.load(self.model, state)
         self.bilevel.w_optimizer.load_state_dict(state["w_optimizer"])
         self.bilevel.a_optimizer.load_state_dict(state["a_optimizer"])
+        if "sampling" in state:  # written before the architecture's samples had their own generator
+            self.sampling.set_state(state["sampling"])
         self.epoch, self.elapsed = state["epoch"], state["elapsed"]

@@ -226,6 +226,7 @@ class LanguageSearch(Search):
     """A search of a recurrent cell as a language model; the stages, checkpoints and outputs are ``Search``'s."""
 
     bilevel_class = LanguageBiLevel
+    several_processes = False  # its windows carry states from batch to batch: not split over processes yet
 
     def load_data(self) -> CorpusData:
         cfg = self.config

@@ -84,7 +84,12 @@ class MixedEdge(nn.Module):
 
 
 class Softmax:
-    """DARTS eq. 2: each edge outputs the softmax(alpha)-weighted sum of its candidates."""
+    """DARTS eq. 2: each edge outputs the softmax(alpha)-weighted sum of its candidates.
+
+    ``generator``: where a mixing that samples (GDAS's) draws from; the search sets one, the same on every rank.
+    """
+
+    generator: Optional[torch.Generator] = None
 
     def parameter_shapes(self, edges: int, candidates: int) -> Dict[str, Tuple[int, ...]]:
         """The architecture parameters of one cell type, by kind (``alphas``, PC-DARTS's ``betas``)."""
