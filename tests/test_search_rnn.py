@@ -261,8 +261,8 @@ def test_real_ptb_search_learns_and_its_genotype_trains(tmp_path, algorithm, ext
     well below a uniform guess over the vocabulary (10,000), and the genotype trains as a language model.
 
     The unigram model's perplexity (687) is not reached so soon. Measured once, on the shared 2-core machine
-    (one thread): DARTS 1,101, GDAS 1,694, EDNAS's child 1,931; the DARTS and GDAS tests took 158 CPU seconds
-    together, EDNAS's 36. (EDNAS's own epoch figure, the mean over its policy pass, one new child per window
+    (one thread): DARTS 1,101, GDAS 1,168, EDNAS's child 1,931; the three tests took 95, 62 and 33 s (127 CPU
+    seconds together). (EDNAS's own epoch figure, the mean over its policy pass, one new child per window
     in eval mode, was 5e14: a child whose states outgrow the running statistics gathered over other children
     dominates the mean.)"""
     data = SHARED / "data" / "ptb"
