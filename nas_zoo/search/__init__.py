@@ -8,6 +8,7 @@ from .bilevel import BiLevel
 from .broad import BroadSearchNetwork
 from .darts import Darts
 from .ednas import Ednas, EdnasNetwork
+from .ednas_rnn import EdnasLanguageSearch
 from .gdas import Gdas, GumbelHard
 from .loop import Search
 from .pc_darts import PartialChannels, PcDarts
@@ -20,10 +21,14 @@ ALGORITHMS = {"darts": Darts, "gdas": Gdas, "pc-darts": PcDarts, "pdarts": Pdart
               "b-pc-darts": BPcDarts, "ednas": Ednas}
 
 
+#: algorithms whose recurrent search is a run of its own (not the bi-level steps of ``LanguageSearch``)
+LANGUAGE_RUNS = {"ednas": EdnasLanguageSearch}
+
+
 def new_search(algorithm: SearchAlgorithm, config: SearchConfig, out, progress: bool = True) -> Search:
     """The run for ``config.dataset`` into ``out``: a recurrent cell as a language model on a text corpus, else a
     CNN. ``.run(resume)`` runs it."""
-    kind = LanguageSearch if config.dataset in TEXT_DATASETS else Search
+    kind = LANGUAGE_RUNS.get(algorithm.name, LanguageSearch) if config.dataset in TEXT_DATASETS else Search
     return kind(algorithm, config, out, progress)
 
 

@@ -163,7 +163,8 @@ class SearchAlgorithm:
                              "use --dataset ptb")
         if dataset == "ptb":
             if self.ptb is None:
-                raise ValueError(f"--dataset ptb: {self.name}'s paper has no recurrent-cell search; use darts or gdas")
+                raise ValueError(f"--dataset ptb: {self.name}'s paper has no recurrent-cell search; use darts, gdas "
+                                 "or ednas")
             return {**LOOP_DEFAULTS, **PTB_DEFAULTS, "evaluation": {}, **self.ptb}
         if dataset != "imagenet":
             return {**LOOP_DEFAULTS, **self.defaults, "evaluation": self.evaluation}

@@ -12,6 +12,8 @@ child's log-probability, ``loss = -(reward - baseline) * log p(child)`` by Adam.
 sampled, each scored on a batch of the architecture part, and the best is the genotype (``conclude``); the
 genotype of every epoch is the policies' most likely child.
 
+Recurrent cells on Penn Treebank (``--dataset ptb``) are ``ednas_rnn.py``, on the policy and REINFORCE parts here.
+
 Everything follows the authors' ``EDNAS_on_CIFAR-10`` (logue311/EDNAS at eed815b): ``model_search.py``
 (``Network.sample_new_architecture``, ``edge_comb_dict``, ``MixedOp.forward``), ``architect.py``
 (``_backward_step_policy_rl``), ``train_search.py`` (``train``, ``train_arch`` in eval mode,
@@ -85,12 +87,14 @@ class CellSample(NamedTuple):
         return [(candidates[e][op], e - start) for e, op, start in zip(self.edges(), self.ops, starts)]
 
 
-def sample_cell(policy: Mapping[str, torch.Tensor], nodes: int) -> CellSample:
+def sample_cell(policy: Mapping[str, torch.Tensor], nodes: int, kind=CellSample) -> CellSample:
     """Draw a child of one cell type from its policies (on the CPU generator, so a seed fixes it on any
-    device): each node's input pair, then an operation on each chosen edge."""
-    pairs = tuple(int(torch.multinomial(policy[f"inputs{i}"].detach().softmax(-1).cpu(), 1)) for i in range(1, nodes))
+    device): each node's inputs, then an operation on each chosen edge. ``kind``: the sample's type, a pair
+    (the draws of ``inputs1`` .. , the chosen edges' operations) with ``edges()``: ``CellSample``, or
+    ``ednas_rnn.StepSample`` for a recurrent cell."""
+    draws = tuple(int(torch.multinomial(policy[f"inputs{i}"].detach().softmax(-1).cpu(), 1)) for i in range(1, nodes))
     ops = torch.multinomial(policy["alphas"].detach().softmax(-1).cpu(), 1)[:, 0]  # one per edge; chosen ones kept
-    return CellSample(pairs, tuple(ops[CellSample(pairs, ()).edges()].tolist()))
+    return kind(draws, tuple(ops[kind(draws, ()).edges()].tolist()))
 
 
 def log_prob(policy: Mapping[str, torch.Tensor], sample: CellSample, double_softmax: bool = False) -> torch.Tensor:
@@ -99,9 +103,10 @@ def log_prob(policy: Mapping[str, torch.Tensor], sample: CellSample, double_soft
     def log_softmax(theta: torch.Tensor) -> torch.Tensor:
         return (theta.softmax(-1) if double_softmax else theta).log_softmax(-1)
 
-    structure = sum((log_softmax(policy[f"inputs{i}"])[p] for i, p in enumerate(sample.pairs, 1)),
+    draws, ops = sample  # as ``sample_cell`` returns them
+    structure = sum((log_softmax(policy[f"inputs{i}"])[d] for i, d in enumerate(draws, 1)),
                     torch.zeros((), device=policy["alphas"].device))
-    return structure + log_softmax(policy["alphas"])[sample.edges(), list(sample.ops)].sum()
+    return structure + log_softmax(policy["alphas"])[sample.edges(), list(ops)].sum()
 
 
 def entropy(theta: torch.Tensor) -> torch.Tensor:
@@ -117,9 +122,12 @@ class Policies(Softmax):
     def __init__(self, nodes: int):
         self.nodes = nodes
 
+    def choices(self, node: int) -> int:
+        """How many input choices node ``node`` has: its input pairs."""
+        return len(input_pairs(node))
+
     def parameter_shapes(self, edges: int, candidates: int) -> Dict[str, Tuple[int, ...]]:
-        return {"alphas": (edges, candidates),
-                **{f"inputs{i}": (len(input_pairs(i)),) for i in range(1, self.nodes)}}
+        return {"alphas": (edges, candidates), **{f"inputs{i}": (self.choices(i),) for i in range(1, self.nodes)}}
 
 
 class EdnasNetwork(SearchNetwork):
@@ -164,7 +172,8 @@ class Ednas(SearchAlgorithm):
     options = (Option("authors_code", False, "the released code's quirks: normal/reduce samples swapped (CIFAR), "
                                              "log-probability through a double softmax"),
                Option("child_steps", 1, "weights steps per sampled child"),
-               Option("policy_batch_size", 0, "batch size of the policy pass and the final scoring (0: --batch-size)"),
+               Option("policy_batch_size", 0, "batch size of the policy pass and the final scoring (0: --batch-size; "
+                                              "ptb scores at half of it)"),
                Option("derive_samples", 100, "children sampled at the end; the best on the architecture part is kept"),
                Option("derive_batches", 1, "batches of the architecture part that score each of them"))
     evaluation = dict(network="cifar", C=36, layers=20)
@@ -172,6 +181,7 @@ class Ednas(SearchAlgorithm):
     imagenet = dict(init_channels=48, nodes=5, batch_size=200, epochs=50, lr=0.05, nesterov=False, weight_decay=3e-5,
                     grad_clip=0.0, imagenet_sample=(0.8, 0.2), policy_batch_size=50, child_steps=20,
                     derive_batches=10, evaluation=dict(network="imagenet", C=48, layers=14))
+    ptb = dict(epochs=150, arch_lr=3.5e-4)  # EDNAS_on_Penn_Treebank/train_search.py; the run: ednas_rnn.py
 
     def network(self, config: SearchConfig, num_classes: int, stage: int = 0, candidates=None) -> SearchNetwork:
         return EdnasNetwork(config.init_channels, num_classes, config.layers, config.nodes, candidates,

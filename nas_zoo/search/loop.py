@@ -212,9 +212,14 @@ class Search:
                 display.describe(f"{self.algorithm.label} {stage}epoch {self.epoch + 1}/{epochs}")
                 done = self.run_epoch(display.advance)
                 display.line(f"{self.algorithm.label} {stage}epoch {self.epoch}/{epochs}: {self.summary(done)}")
-        final = hessian.stopped_genotype(self) or self.algorithm.conclude(self)
+        final = hessian.stopped_genotype(self) or self.conclude()
         self.write_outputs(self.genotype(final))
         return self.record()
+
+    def conclude(self) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+        """The genotype derived once more with the data after the last epoch (``SearchAlgorithm.conclude``), or
+        None."""
+        return self.algorithm.conclude(self)
 
     def fixed_batches(self, n: int) -> list:
         """``n`` batches of the architecture part, the same ones at every call (the collapse monitor's)."""

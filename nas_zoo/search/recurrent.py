@@ -21,7 +21,7 @@ regulariser to the weights' loss (not to alpha's). An epoch ends with the valida
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -43,6 +43,13 @@ class RecurrentSearchCell(nn.Module):
 
     ``dropoutx`` / ``dropouth`` are variational, as in the evaluation cell: one mask per sequence on x_t,
     one on every state that enters a matmul.
+
+    The authors compute step i from all states before it, one matmul of the stacked states per step and one
+    weighted sum per operation. We schedule the same arithmetic by state: once s_j exists, one matmul with
+    W_j .. W_7 side by side gives its transforms for every later step, and one pass of elementwise operations
+    adds its contributions to all their sums at once (``contributions``); step i's sum is complete, and s_{i+1}
+    its batch norm, when s_i has added its own. A ``Mix`` that leaves edges out (``index`` None: EDNAS's
+    child) runs only its edges, each with its one operation (``child_step``).
     """
 
     cell_type = "recurrent"
@@ -56,36 +63,84 @@ class RecurrentSearchCell(nn.Module):
                                     for _ in range(steps))
         self.bn = nn.BatchNorm1d(nhid, affine=False)
         # the columns that compute something (``none`` adds nothing), with their activations
-        names = candidates[0]
-        self.active = [k for k, name in enumerate(names) if name != "none"]
-        self.activations = [ACTIVATIONS[names[k]] for k in self.active]
+        self.names = candidates[0]
+        self.active = [k for k, name in enumerate(self.names) if name != "none"]
+        self.activations = [ACTIVATIONS[self.names[k]] for k in self.active]
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, mix: Mix) -> torch.Tensor:
         """The outputs h_1..h_T (T, B, nhid) from inputs x (T, B, ninp), the state h_0 (B, nhid) and the
         mixing weights (edges x candidates; step i's rows are its i + 1 predecessors)."""
         T, B, _ = x.shape
+        h_mask = None
         if self.training:
             x = x * dropout_mask(x, (B, self.ninp), self.dropoutx)
             h_mask = dropout_mask(h, (B, self.nhid), self.dropouth)
         x_proj = (x.reshape(T * B, self.ninp) @ self._W0[:self.ninp]).view(T, B, 2 * self.nhid)
         w_h = self._W0[self.ninp:]
-        weights = mix.weights[:, self.active]
-        per_step = weights.split(list(range(1, self.steps + 1)))
+        if mix.index is not None and None in mix.index:
+            step = self.child_step(mix, h_mask)
+        else:
+            step = self.mixed_step(mix, h_mask)
         outputs = []
         for t in range(T):
-            c, g = torch.addmm(x_proj[t], h * h_mask if self.training else h, w_h).chunk(2, dim=1)
-            states = self.bn(torch.lerp(h, g.tanh(), c.sigmoid())).unsqueeze(0)
-            for W, w in zip(self._Ws, per_step):
-                masked = states * h_mask if self.training else states
-                c, g = (masked.reshape(-1, self.nhid) @ W).view(len(w), B, 2 * self.nhid).chunk(2, dim=-1)
-                # sum_op w_op (s + c (op(g) - s)) = W s + c (sum_op w_op op(g) - W s), W = sum_op w_op
-                mixed = torch.einsum("jk,kjbn->jbn", w, torch.stack([act(g) for act in self.activations]))
-                kept = w.sum(1).view(-1, 1, 1) * states
-                s = (kept + c.sigmoid() * (mixed - kept)).sum(0)
-                states = torch.cat([states, self.bn(s).unsqueeze(0)])
-            h = states[1:].mean(0)
+            c, g = torch.addmm(x_proj[t], h if h_mask is None else h * h_mask, w_h).chunk(2, dim=1)
+            h = torch.stack(step(self.bn(torch.lerp(h, g.tanh(), c.sigmoid())))).mean(0)
             outputs.append(h)
         return torch.stack(outputs)
+
+    def mixed_step(self, mix: Mix, h_mask: Optional[torch.Tensor]):
+        """s_0 -> [s_1 .. s_8] of the mixed cell; what depends on the weights alone is computed once here."""
+        H, steps = self.nhid, self.steps
+        weights = mix.weights[:, self.active]
+        # state j feeds steps j .. steps - 1 (edge i (i + 1) / 2 + j of step i): their W side by side, and
+        # per operation a column (n, 1) of its weights on those edges, and their sum over the operations
+        readers = [torch.cat(list(self._Ws)[j:], dim=1) for j in range(steps)]
+        columns = [weights[[i * (i + 1) // 2 + j for i in range(j, steps)]].T.unsqueeze(-1) for j in range(steps)]
+        totals = [w.sum(0) for w in columns]
+        columns = [list(w) for w in columns]
+
+        def run(s: torch.Tensor) -> List[torch.Tensor]:
+            states, sums = [], None
+            for j in range(steps):
+                c, g = ((s if h_mask is None else s * h_mask) @ readers[j]).view(len(s), steps - j, 2 * H).chunk(2, -1)
+                added = self.contributions(s.unsqueeze(1), c, g, columns[j], totals[j])
+                if sums is not None:
+                    added = sums + added
+                first, sums = added.split([1, steps - j - 1], dim=1)
+                s = self.bn(first.squeeze(1))
+                states.append(s)
+            return states
+        return run
+
+    def contributions(self, s: torch.Tensor, c: torch.Tensor, g: torch.Tensor, w: torch.Tensor,
+                      total: torch.Tensor) -> torch.Tensor:
+        """A state's additions to the sums of the n steps it feeds, sum_op w_op (s + sigmoid(c) (op(g) - s)),
+        as W s + sigmoid(c) (sum_op w_op op(g) - W s): s (B, 1, H), c and g (B, n, H), the weights w
+        (ops, n, 1) and their sum W (n, 1)."""
+        mixed = w[0] * self.activations[0](g)
+        for w_op, act in zip(w[1:], self.activations[1:]):  # one fused multiply-add per operation
+            mixed = torch.addcmul(mixed, w_op, act(g))
+        return torch.lerp(total * s, mixed, c.sigmoid())
+
+    def child_step(self, mix: Mix, h_mask: Optional[torch.Tensor]):
+        """s_0 -> [s_1 .. s_8] of a child: step i sums its edges that run, s_j + sigmoid(c) (op(g) - s_j) for
+        each (times its weight when the weight carries a gradient)."""
+        edges = [[(j, mix.index[i * (i + 1) // 2 + j], i * (i + 1) // 2 + j) for j in range(i + 1)
+                  if mix.index[i * (i + 1) // 2 + j] is not None] for i in range(self.steps)]
+        scale = mix.weights.requires_grad
+
+        def run(s: torch.Tensor) -> List[torch.Tensor]:
+            states = [s]
+            for W, chosen in zip(self._Ws, edges):
+                total = 0
+                for j, k, e in chosen:
+                    src = states[j]
+                    c, g = ((src if h_mask is None else src * h_mask) @ W).chunk(2, dim=1)
+                    out = torch.lerp(src, ACTIVATIONS[self.names[k]](g), c.sigmoid())
+                    total = total + (mix.weights[e, k] * out if scale else out)
+                states.append(self.bn(total))
+            return states[1:]
+        return run
 
 
 class RecurrentSupernet(TiedLanguageModel, Supernet):
@@ -118,6 +173,7 @@ class Window:
     targets: torch.Tensor
     hidden: Optional[torch.Tensor]
     next_hidden: Optional[torch.Tensor] = None
+    start: int = 0  # its first row in the split
 
 
 class LanguageBiLevel(BiLevel):
@@ -142,7 +198,7 @@ class LanguageBiLevel(BiLevel):
         window.next_hidden = outputs[-1].detach()
         nn.utils.clip_grad_norm_(self.weights, self.config.grad_clip)
         self.w_optimizer.step()
-        return raw_loss.item(), math.exp(raw_loss.item())
+        return raw_loss.item(), perplexity(raw_loss.item())
 
 
 @dataclass
@@ -154,6 +210,11 @@ class CorpusData:
     train: torch.Tensor
     search: torch.Tensor
     valid: torch.Tensor
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), inf where that overflows a float (a diverged model) rather than an error."""
+    return math.inf if loss > 709 else math.exp(loss)
 
 
 def window_length(bptt: int) -> int:
@@ -193,33 +254,43 @@ class LanguageSearch(Search):
         windows = math.ceil((self.data.train.size(0) - 2) / self.config.bptt)
         return min(windows, self.config.max_batches or windows)
 
+    def training_windows(self, advance: Callable[[], None]) -> Iterator[Window]:
+        """The epoch's windows of the training split (``max_batches`` at most), each at the weights' learning
+        rate scaled by its length / ``bptt`` (longer windows, larger steps) and carrying the state the one
+        before handed on; ``advance`` ticks after each."""
+        cfg, data, groups = self.config, self.data.train, self.bilevel.w_optimizer.param_groups
+        lr, hidden, i, windows = self.bilevel.lr(), None, 0, 0
+        try:
+            while i < data.size(0) - 2 and windows < (cfg.max_batches or math.inf):
+                seq_len = window_length(cfg.bptt)
+                window = Window(*get_batch(data, i, seq_len), hidden, start=i)
+                for group in groups:
+                    group["lr"] = lr * seq_len / cfg.bptt
+                yield window
+                hidden, i, windows = window.next_hidden, i + seq_len, windows + 1
+                advance()
+        finally:
+            for group in groups:
+                group["lr"] = lr
+
     def train_epoch(self, epoch: int, advance=lambda: None) -> Dict[str, float]:
-        """One pass over the training split (or ``max_batches`` windows of it), one step per window, then the
-        perplexity on the validation split."""
+        """One pass over the training split (or ``max_batches`` windows of it), one step per window (alpha's on
+        the validation window at the same row, then the weights'), then the perplexity on the validation split."""
         self.model.train()
-        cfg, search, data, arch_data = self.config, self.bilevel, self.data.train, self.data.search
-        lr, hidden, arch_hidden = search.lr(), None, None
-        i, batches, total = 0, 0, 0.0
-        while i < data.size(0) - 2 and batches < (cfg.max_batches or math.inf):
-            seq_len = window_length(cfg.bptt)
-            train = Window(*get_batch(data, i, seq_len), hidden)
+        cfg, arch_data = self.config, self.data.search
+        arch_hidden, losses = None, []
+        for train in self.training_windows(advance):
             valid = None
             if epoch >= cfg.arch_warmup:
-                valid = Window(*get_batch(arch_data, i % (arch_data.size(0) - 1), cfg.bptt), arch_hidden)
-            for group in search.w_optimizer.param_groups:
-                group["lr"] = lr * seq_len / cfg.bptt  # longer windows, larger steps
-            loss, _ = search.step(train, valid)
-            hidden = train.next_hidden
+                valid = Window(*get_batch(arch_data, train.start % (arch_data.size(0) - 1), cfg.bptt), arch_hidden)
+            losses.append(self.bilevel.step(train, valid)[0])
             arch_hidden = arch_hidden if valid is None else valid.next_hidden
-            total, batches, i = total + loss, batches + 1, i + seq_len
-            advance()
-        for group in search.w_optimizer.param_groups:
-            group["lr"] = lr
-        return {"train_loss": total / batches, "train_ppl": math.exp(total / batches), **self.validate()}
+        loss = sum(losses) / len(losses)
+        return {"train_loss": loss, "train_ppl": perplexity(loss), **self.validate()}
 
     def validate(self) -> Dict[str, float]:
         loss, _ = evaluate(self.model, self.data.valid, self.config.bptt)
-        return {"valid_loss": loss, "valid_ppl": math.exp(loss)}
+        return {"valid_loss": loss, "valid_ppl": perplexity(loss)}
 
     @staticmethod
     def summary(stats: Dict[str, Any]) -> str:
