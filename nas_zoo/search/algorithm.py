@@ -157,7 +157,12 @@ class SearchAlgorithm:
         return {o.name: getattr(self, o.name) for o in self.options}
 
     def paper(self, dataset: str) -> Dict[str, Any]:
-        """The paper's settings for a search on ``dataset``: loop settings, option values, ``evaluation``."""
+        """The paper's settings for a search on ``dataset``: loop settings, option values, ``evaluation``; the
+        collapse monitor off where there is no alpha."""
+        settings = self._paper(dataset)
+        return settings if self.differentiable else {**settings, "hessian_every": 0}
+
+    def _paper(self, dataset: str) -> Dict[str, Any]:
         if dataset == "wt2":
             raise ValueError("--dataset wt2: the papers search recurrent cells on ptb and transfer them to wt2; "
                              "use --dataset ptb")

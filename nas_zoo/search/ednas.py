@@ -167,7 +167,7 @@ def batches(run, batch_size: int, seed: int) -> Iterator:
 class Ednas(SearchAlgorithm):
     name = "ednas"
     defaults = dict(epochs=300, batch_size=128, lr=0.05, lr_min=0.001, nesterov=True, arch_lr=3.5e-4,
-                    train_portion=0.8, hessian_every=0)
+                    train_portion=0.8)
     differentiable = False  # policies, not alpha: no collapse monitor
     options = (Option("authors_code", False, "the released code's quirks: normal/reduce samples swapped (CIFAR), "
                                              "log-probability through a double softmax"),
