@@ -237,14 +237,15 @@ SEARCH = """
 import sys
 import torch
 from nas_zoo.harness import distributed
-from nas_zoo.search import ALGORITHMS, SearchConfig, new_search
+from nas_zoo.search import ALGORITHMS, SearchConfig, hessian, new_search
 torch.set_default_dtype(torch.float64)  # the images too (ToTensor follows it)
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
-name, order, data, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+name, order, every, data, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+hessian.STEPS = 5  # a few Lanczos steps: the same on one process and two is what counts here
 algorithm = ALGORITHMS[name](**({"order": order} if name == "darts" else {}))
 config = SearchConfig(data_dir=data, epochs=1, batch_size=8, train_portion=0.3, init_channels=4, layers=3,
-                      num_workers=0, device="cpu", sync_bn=True)
+                      num_workers=0, device="cpu", sync_bn=True, hessian_every=every)
 search = new_search(algorithm, config, out, progress=False)
 search.run()
 torch.save(dict(search.model.arch.state_dict()), f"{out}/alpha{distributed.rank()}.pt")
@@ -252,16 +253,17 @@ torch.save(dict(search.model.arch.state_dict()), f"{out}/alpha{distributed.rank(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, order", [("darts", 1), ("darts", 2), ("gdas", 1)])
-def test_a_search_on_two_processes_keeps_alpha_identical_and_as_one_process(tiny_cifar, tmp_path, name, order):
+@pytest.mark.parametrize("name, order, every", [("darts", 1, 1), ("darts", 2, 0), ("gdas", 1, 0)])
+def test_a_search_on_two_processes_keeps_alpha_identical_and_as_one_process(tiny_cifar, tmp_path, name, order, every):
     """3 steps (24 training images, 56 for alpha, batch 8: 4 per rank), --sync-bn (see above), float64 (see above):
-    alpha is the same on both ranks, bit for bit, and that of one process."""
+    alpha is the same on both ranks, bit for bit, and that of one process. The first run also has the collapse
+    monitor, whose Hessian-vector products are averaged over the ranks: the same eigenvalue as one process."""
     script = tmp_path / "search.py"
     script.write_text(SEARCH)
-    alone = subprocess.run([sys.executable, script, name, str(order), tiny_cifar, tmp_path / "one"],
+    alone = subprocess.run([sys.executable, script, name, str(order), str(every), tiny_cifar, tmp_path / "one"],
                            capture_output=True, text=True)
     assert alone.returncode == 0, alone.stderr
-    both = torchrun(script, name, order, tiny_cifar, tmp_path / "two")
+    both = torchrun(script, name, order, every, tiny_cifar, tmp_path / "two")
     assert both.returncode == 0, both.stderr
     one, rank0, rank1 = (torch.load(path) for path in (tmp_path / "one" / "alpha0.pt", tmp_path / "two" / "alpha0.pt",
                                                        tmp_path / "two" / "alpha1.pt"))
@@ -272,5 +274,10 @@ def test_a_search_on_two_processes_keeps_alpha_identical_and_as_one_process(tiny
         assert not torch.equal(one[key], torch.zeros_like(one[key]))
     record = json.loads((tmp_path / "two" / "search.json").read_text())
     assert record["devices"] == 2 and record["cpu_hours"] == pytest.approx(2 * record["wall_time_s"] / 3600, rel=1e-3)
+    eigenvalue = [json.loads((tmp_path / run / "search.json").read_text())["epochs"][-1].get("hessian_eigenvalue")
+                  for run in ("one", "two")]
+    assert (eigenvalue[1] is None) == (every == 0)
+    if every:
+        assert eigenvalue[1] == pytest.approx(eigenvalue[0], rel=1e-9) and eigenvalue[1] != 0
     genotype = json.loads((tmp_path / "two" / "genotype.json").read_text())
     assert genotype == json.loads((tmp_path / "one" / "genotype.json").read_text())
