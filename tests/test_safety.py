@@ -58,32 +58,57 @@ def test_a_killed_writers_lock_does_not_stay(tmp_path):
 # an SGD optimizer (the weights' step in every command). Image training, two epochs of 5 steps: renames 1
 # (checkpoint) and 2 (metrics) end epoch 0; 3 (checkpoint -> .old), 4 (new checkpoint in place) and 5 (metrics)
 # end epoch 1.
-KILLER = """
-import os, signal, sys
+#
+# Each command runs in a child forked from one process that has imported nas-zoo (and run nothing in torch, so
+# no thread pool is forked): a fresh interpreter per kill would pay the ~4 s import 27 times.
+ZYGOTE = """
+import json, os, signal, sys
 import torch
 from nas_zoo.cli.app import app
-point, at = sys.argv[1], int(sys.argv[2])
-calls = [0]
-def killing(real):
+
+def killing(real, at):
+    calls = [0]
     def call(*args, **kwargs):
         calls[0] += 1
         if calls[0] == at:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(*args, **kwargs)
     return call
-if point == "rename":
-    os.replace, os.rename = killing(os.replace), killing(os.rename)
-else:
-    torch.optim.SGD.step = killing(torch.optim.SGD.step)
-app(sys.argv[3:])
+
+for line in sys.stdin:
+    point, at, log, args = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(out, 1), os.dup2(out, 2)
+        if point == "rename":
+            os.replace, os.rename = killing(os.replace, at), killing(os.rename, at)
+        else:
+            torch.optim.SGD.step = killing(torch.optim.SGD.step, at)
+        try:
+            app(args)
+        except SystemExit as end:
+            os._exit(end.code if isinstance(end.code, int) else 1)
+        os._exit(0)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 """
 
 
-def _kill(point, at, args):
-    """Run the command ``args`` in a subprocess that KILLER ends at the ``at``-th ``point``."""
-    killed = subprocess.run([sys.executable, "-c", KILLER, point, str(at), *args],
-                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
-    assert killed.returncode == -9, killed.stderr
+@pytest.fixture(scope="module")
+def kill():
+    """``kill(point, at, args, log)``: run the command ``args`` until the ``at``-th ``point``; assert it died there."""
+    zygote = subprocess.Popen([sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "COLUMNS": "200"})
+
+    def run(point, at, args, log):
+        zygote.stdin.write(json.dumps([point, at, str(log), args]) + "\n")
+        zygote.stdin.flush()
+        assert int(zygote.stdout.readline()) == -9, log.read_text()
+        log.unlink()
+
+    yield run
+    zygote.stdin.close()
+    assert zygote.wait(timeout=60) == 0
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +122,10 @@ def straight(tmp_path_factory):
 
 @pytest.mark.parametrize("point, at", [("rename", 1), ("rename", 2), ("rename", 3), ("rename", 4), ("rename", 5),
                                        ("step", 8)])
-def test_training_killed_anywhere_resumes_to_complete_outputs(straight, tmp_path, point, at):
+def test_training_killed_anywhere_resumes_to_complete_outputs(kill, straight, tmp_path, point, at):
     cifar, losses = straight
     out = tmp_path / "run"
-    _kill(point, at, _train(cifar, out, "--epochs", "2"))
+    kill(point, at, _train(cifar, out, "--epochs", "2"), tmp_path / "killed.log")
     result = runner.invoke(app, _train(cifar, out, "--epochs", "2", "--resume"))
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no lock, no temporary left
@@ -152,10 +177,10 @@ def _same_weights(mine, theirs):
 # again, to end as the straight run.
 @pytest.mark.parametrize("point, at", [("rename", 1), ("rename", 2), ("rename", 3), ("rename", 4), ("rename", 5),
                                        ("rename", 6), ("rename", 7), ("rename", 8), ("step", 8)])
-def test_language_model_killed_anywhere_resumes_to_complete_outputs(straight_lm, tmp_path, point, at):
+def test_language_model_killed_anywhere_resumes_to_complete_outputs(kill, straight_lm, tmp_path, point, at):
     corpus, (state, weights) = straight_lm
     out = tmp_path / "run"
-    _kill(point, at, _train_lm(corpus, out))
+    kill(point, at, _train_lm(corpus, out), tmp_path / "killed.log")
     result = runner.invoke(app, _train_lm(corpus, out, "--resume"))
     assert result.exit_code == 0, result.output
     assert ("starting from the beginning" in result.output) == (point == "rename" and at <= 2)
@@ -165,7 +190,7 @@ def test_language_model_killed_anywhere_resumes_to_complete_outputs(straight_lm,
     assert mine_state == state and _same_weights(mine_weights, weights)
 
 
-# Search, two epochs of 5 steps: each epoch ends with its checkpoint (rename 1; from epoch 2 on, 5: checkpoint ->
+# Search, two epochs of 3 steps (40 images: 20 train the weights, 20 alpha, batch 8): each epoch ends with its checkpoint (rename 1; from epoch 2 on, 5: checkpoint ->
 # .old and 6: new checkpoint), metrics.jsonl (2, 7), genotype.json (3, 8) and search.json (4, 9); the end of the
 # run rewrites both (10, 11).
 def _search(cifar, out, *extra):
@@ -184,17 +209,17 @@ def _search_outputs(out):
 @pytest.fixture(scope="module")
 def straight_search(tmp_path_factory):
     root = tmp_path_factory.mktemp("straight_search")
-    cifar = write_tiny_cifar(root)
+    cifar = write_tiny_cifar(root, images=8)
     result = runner.invoke(app, _search(cifar, root / "run"))
     assert result.exit_code == 0, result.output
     return cifar, _search_outputs(root / "run")
 
 
-@pytest.mark.parametrize("point, at", [("rename", at) for at in range(1, 12)] + [("step", 7)])
-def test_search_killed_anywhere_resumes_to_complete_outputs(straight_search, tmp_path, point, at):
+@pytest.mark.parametrize("point, at", [("rename", at) for at in range(1, 12)] + [("step", 5)])
+def test_search_killed_anywhere_resumes_to_complete_outputs(kill, straight_search, tmp_path, point, at):
     cifar, outputs = straight_search
     out = tmp_path / "run"
-    _kill(point, at, _search(cifar, out))
+    kill(point, at, _search(cifar, out), tmp_path / "killed.log")
     if point == "rename" and at > 1:  # a checkpoint survives (perhaps as checkpoint.old): it is not started over
         again = runner.invoke(app, _search(cifar, out))
         assert again.exit_code == 2 and "already holds a run" in again.output, again.output

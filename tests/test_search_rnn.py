@@ -248,30 +248,31 @@ def test_a_window_takes_one_step_of_each_and_carries_both_states(tmp_path):
     assert run.bilevel.lr() == 20.0  # the window-length scaling is undone
 
 
-#: a short search on the full PTB: a small supernet (32 units), light dropouts, 150 windows of 16 x 20 tokens
-REAL_PTB = ["--epochs", "1", "--nhid", "32", "--batch-size", "16", "--bptt", "20", "--max-batches", "150",
+#: a short search on the full PTB: a small supernet (32 units), light dropouts, windows of 16 x 20 tokens
+REAL_PTB = ["--epochs", "1", "--nhid", "32", "--batch-size", "16", "--bptt", "20",
             "--dropouts", "0.1,0.05,0.1,0.05,0", "--device", "cpu"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm, extra", [("darts", []), ("gdas", []), ("ednas", ["--derive-samples", "10"])])
-def test_real_ptb_search_learns_and_its_genotype_trains(tmp_path, algorithm, extra):
-    """Full PTB from the command line, 150 short windows: the validation perplexity of what the search returns
-    (DARTS, GDAS: the supernet's on the whole split; EDNAS: its chosen child's on its scoring windows) falls
-    well below a uniform guess over the vocabulary (10,000), and the genotype trains as a language model.
+@pytest.mark.parametrize("algorithm, windows, extra", [("darts", 75, []), ("gdas", 75, []),
+                                                       ("ednas", 150, ["--derive-samples", "10"])])
+def test_real_ptb_search_learns_and_its_genotype_trains(tmp_path, algorithm, windows, extra):
+    """Full PTB from the command line, 75 short windows (EDNAS, whose policy samples one child per window: 150):
+    the validation perplexity of what the search returns (DARTS, GDAS: the supernet's on the whole split; EDNAS:
+    its chosen child's on its scoring windows) falls well below a uniform guess over the vocabulary (10,000), and
+    the genotype trains as a language model.
 
-    The unigram model's perplexity (687) is not reached so soon. Measured once, on the shared 2-core machine
-    (one thread): DARTS 1,101, GDAS 1,168, EDNAS's child 1,931; the three tests took 95, 62 and 33 s (127 CPU
-    seconds together). (EDNAS's own epoch figure, the mean over its policy pass, one new child per window
-    in eval mode, was 5e14: a child whose states outgrow the running statistics gathered over other children
-    dominates the mean.)"""
+    The unigram model's perplexity (687) is not reached so soon. Measured on the quiet 2-core machine: DARTS
+    1,426 and GDAS 1,524 (20 s each; 1,101 and 1,168 after 150 windows), EDNAS's child 1,931 (16 s). (EDNAS's own
+    epoch figure, the mean over its policy pass, one new child per window in eval mode, was 5e14: a child whose
+    states outgrow the running statistics gathered over other children dominates the mean.)"""
     data = SHARED / "data" / "ptb"
     if not data.is_dir():
         pytest.skip(f"{data} is absent (a fresh clone without ../shared)")
     vocabulary = len(load_corpus("ptb", data).words)
     out = tmp_path / "search"
     result = runner.invoke(app, ["search", algorithm, "--dataset", "ptb", "--data-dir", str(data), "--out", str(out),
-                                 *REAL_PTB, *extra])
+                                 *REAL_PTB, "--max-batches", str(windows), *extra])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "search.json").read_text())
     returned = record["derived_samples"][record["derived_best"]] if algorithm == "ednas" else record["epochs"][-1]
