@@ -1,9 +1,19 @@
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n N``) each worker gets its share of the cores as PyTorch's threads, through
+    OMP_NUM_THREADS, before torch is imported (it reads the variable then; the commands' default honours it, and
+    the subprocesses inherit it): N workers of one thread per core each, not N times as many threads as cores."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // int(workers)))
 
 
 @pytest.fixture(autouse=True)
