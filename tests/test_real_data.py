@@ -36,7 +36,7 @@ def test_reduced_network_learns_the_cifar10_subset(tmp_path):
 @pytest.fixture(scope="module")
 def cifar_few(tmp_path_factory):
     """The first 128 real images of each batch of the subset: 640 for the search (320 train the weights,
-    320 alpha), 128 to test: each search below takes 15-55 s on 2 CPU cores."""
+    320 alpha), 128 to test: each search below takes 15-65 s on 2 CPU cores."""
     folder = tmp_path_factory.mktemp("cifar-few") / "cifar-10-batches-py"
     folder.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -55,7 +55,8 @@ def test_search_on_real_images(cifar_few, tmp_path, algorithm, layers, options, 
     """The smallest C=8 supernets (3 cells; P-DARTS: two stages of 3 cells, the second on the 3 operations per
     edge the first kept; the broad ones: 2 convolution blocks), for the fewest steps after which each one's
     validation accuracy is above chance (10%, +-1.7% on 320 images): 40 steps (batch 8, 1 epoch) for DARTS and
-    PC-DARTS, 80 for P-DARTS (2 epochs per stage, its last supernet is new) and B-DARTS; a valid genotype; that
+    PC-DARTS, 80 (batch 8, 2 epochs) for B-DARTS and for each P-DARTS stage (its last supernet is a new one), 40
+    (batch 16, 2 epochs, alpha from the second) for B-PC-DARTS; a valid genotype; that
     genotype trains with `nas-zoo train` (DARTS's as the CIFAR network, B-DARTS's as the broad one; the other
     genotype records are the same kind, and the train command does not depend on who wrote them). Measured
     with the default seed: DARTS 17.5%, PC-DARTS 17.8%, P-DARTS 26.9%, B-DARTS 20.6%, B-PC-DARTS 23.8%."""

@@ -145,18 +145,21 @@ def test_report_of_a_search_parses_embeds_its_images_and_shows_the_records_numbe
 def test_markdown_report_is_a_folder_of_its_page_and_images(runs, tmp_path):
     out = tmp_path / "md"
 
-    def pictures():
-        named = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (out / "report.md").read_text())
+    def page():
+        """The page's text and the pictures it names: exactly the folder's PNGs, each a valid one."""
+        text = (out / "report.md").read_text()
+        named = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
         assert is_ours(out / "report.md") and sorted(named) == sorted(p.name for p in out.glob("*.png"))
         assert all(png((out / name).read_bytes()) for name in named)
-        return named
+        return text, named
 
     report(runs / "darts", runs / "pdarts", "--out", out, "--format", "md")
+    text, named = page()
     # P-DARTS: a heat map per stage and cell type; the two searches side by side
-    assert sum(name.startswith("pdarts-") and "-stage" in name for name in pictures()) == 6
-    assert "| algorithm | darts_1st | pdarts |" in (out / "report.md").read_text()
+    assert sum(name.startswith("pdarts-") and "-stage" in name for name in named) == 6
+    assert "| algorithm | darts_1st | pdarts |" in text
     report(runs / "darts", "--out", out, "--format", "md")  # replaces the first's folder: P-DARTS's pictures go
-    named = pictures()
+    _, named = page()
     assert named and not any(name.startswith("pdarts-") for name in named)
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -190,9 +190,9 @@ def test_language_model_killed_anywhere_resumes_to_complete_outputs(kill, straig
     assert mine_state == state and _same_weights(mine_weights, weights)
 
 
-# Search, two epochs of 3 steps (40 images: 20 train the weights, 20 alpha, batch 8): each epoch ends with its checkpoint (rename 1; from epoch 2 on, 5: checkpoint ->
-# .old and 6: new checkpoint), metrics.jsonl (2, 7), genotype.json (3, 8) and search.json (4, 9); the end of the
-# run rewrites both (10, 11).
+# Search, two epochs of 3 steps (40 images: 20 train the weights, 20 alpha, batch 8): each epoch ends with its
+# checkpoint (rename 1; from epoch 2 on, 5: checkpoint -> .old and 6: new checkpoint), metrics.jsonl (2, 7),
+# genotype.json (3, 8) and search.json (4, 9); the end of the run rewrites both (10, 11).
 def _search(cifar, out, *extra):
     return ["search", "darts", "--data-dir", str(cifar), "--epochs", "2", "--init-channels", "4", "--layers", "3",
             "--batch-size", "8", "--num-workers", "0", "--threads", "1", "--hessian-every", "0", "--out",
